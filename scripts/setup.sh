@@ -13,11 +13,17 @@ torch_version="${MRISR_TORCH_VERSION:-2.13.0}"
 pip=("$venv/bin/python" -m pip install --quiet)
 
 if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
-  if command -v nvidia-smi >/dev/null 2>&1 || [ "$(uname -s)" = "Darwin" ]; then
+  cpu_index=https://download.pytorch.org/whl/cpu
+  reachable() {  # the CPU wheel index, looked up once with a short timeout
+    "$venv/bin/python" -c "import socket; socket.setdefaulttimeout(3); \
+socket.getaddrinfo('download.pytorch.org', 443)" 2>/dev/null
+  }
+  if command -v nvidia-smi >/dev/null 2>&1 || [ "$(uname -s)" = "Darwin" ] || ! reachable; then
+    # GPU machines and macOS take PyPI's build; offline mirrors provide their own CPU wheel.
     "${pip[@]}" "torch==$torch_version"
   else
-    "${pip[@]}" --index-url https://download.pytorch.org/whl/cpu "torch==$torch_version" \
-      || "${pip[@]}" "torch==$torch_version"
+    "${pip[@]}" --index-url "$cpu_index" --extra-index-url https://pypi.org/simple \
+      "torch==$torch_version"
   fi
 fi
 
