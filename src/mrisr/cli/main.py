@@ -45,6 +45,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _overrides(items) -> dict:
+    from mrisr.config import merge, parse_override
+    out: dict = {}
+    for item in items or []:
+        out = merge(out, parse_override(item))
+    return out
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from mrisr.training import load_train_config, train
+
+    cfg = load_train_config(args.config, _overrides(args.set))
+    if args.output:
+        cfg.output = args.output
+    final = train(cfg, resume=args.resume, show_progress=not args.quiet)
+    if final is not None:
+        print(f"wrote {final}")
+    return 0
+
+
 def cmd_degrade(args: argparse.Namespace) -> int:
     from mrisr.degradation import degrade_volume
     from mrisr.grid import voxel_sizes
@@ -106,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value, e.g. --set dataset.split=train")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("train", help="train a model from a YAML config (also under torchrun)")
+    p.add_argument("config", help="training YAML (see configs/)")
+    p.add_argument("-o", "--output", help="run folder (default: the config's 'output')")
+    p.add_argument("--resume", metavar="CKPT", help="continue from a last.pt, or 'auto' to "
+                   "continue from <output>/last.pt when present")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("degrade", help="simulate a low-resolution acquisition of a NIfTI image")
     p.add_argument("input", help="NIfTI volume or 4D series")

@@ -1,0 +1,95 @@
+"""Self-describing checkpoints that load with ``torch.load(weights_only=True)``.
+
+A checkpoint is a plain dict of tensors and primitive values:
+
+``format``, ``model`` (``architecture``, ``args``, ``preset``), ``state_dict``,
+``train_config`` (the YAML settings as a dict), ``data`` (manifest digest, subjects, split),
+``code_version`` (mrisr version and git commit when known), ``created``, ``step`` and, for
+resuming, ``optimizer``, ``scheduler`` and ``trainer`` state. Shipped weights keep only what
+inference needs.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from mrisr.errors import InputError
+from mrisr.io.atomic import atomic_path
+
+FORMAT = "mrisr-checkpoint-v1"
+
+
+def code_version() -> str:
+    """mrisr's version, plus the git commit when running from a checkout."""
+    from mrisr import __version__
+    try:
+        root = Path(__file__).resolve().parents[3]
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                                capture_output=True, text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{__version__}+g{commit}" if commit else __version__
+
+
+def describe(model: nn.Module) -> dict:
+    return {"architecture": model.architecture, "args": dict(model.architecture_args),
+            "preset": getattr(model, "preset", None)}
+
+
+def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> Path:
+    """Write a checkpoint atomically; ``extra`` entries (train_config, data, step, optimizer,
+    ...) are stored as given."""
+    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    payload = {"format": FORMAT, "model": describe(model),
+               "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+               "code_version": code_version(),
+               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(), **extra}
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out) as tmp:
+        torch.save(payload, tmp)
+    return out
+
+
+@dataclass
+class LoadedCheckpoint:
+    model: nn.Module
+    payload: dict
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{p}: checkpoint not found")
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt/unsafe files
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{p}: not a readable mrisr checkpoint ({reason})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise InputError(f"{p}: not an mrisr checkpoint (format {payload.get('format')!r})"
+                         if isinstance(payload, dict) else f"{p}: not an mrisr checkpoint")
+    return payload
+
+
+def load_checkpoint(path: str | os.PathLike, device: Optional[torch.device] = None
+                    ) -> LoadedCheckpoint:
+    """Rebuild the model described in a checkpoint and load its weights (eval mode)."""
+    from mrisr.models.registry import build_architecture
+    payload = read_checkpoint(path)
+    desc = payload["model"]
+    model = build_architecture(desc["architecture"], desc["args"])
+    if desc.get("preset"):
+        model.preset = desc["preset"]
+    model.load_state_dict(payload["state_dict"])
+    model.eval()
+    if device is not None:
+        model.to(device)
+    return LoadedCheckpoint(model=model, payload=payload)

@@ -1,0 +1,226 @@
+"""Dual-ArbNet (Zhang et al., MICCAI 2023): multi-contrast SR with the target and the reference
+each at its own arbitrary scale.
+
+Structure (paper Sec. 2.2, Fig. 1), on a separable query grid (:mod:`mrisr.models.query`):
+
+1. a shared RDN encodes the target LR image and the reference image, each on its own grid;
+2. 3x3 feature unfold; both feature maps are resampled onto the output grid (``nearest`` as
+   in the paper or ``linear`` as in the reference code);
+3. a 5-layer fusion branch (1x1 conv, ReLU, residual block of 3x3 convs, channel + spatial
+   attention, outer residual) runs at output resolution;
+4. an implicit decoding function (IDF) of sine layers: layer 0 takes the per-pixel
+   ``(S_tar, S_ref, relative coordinate)``, layer ``i`` is ``sin((W h + b) * F_fusion^(i))``
+   with the target half of the fused features;
+5. a skip branch of 1x1 convs on the resampled features is added to the IDF output.
+
+Why the code looks different from a direct transcription: every *linear* operation that
+precedes the resampling (the first 1x1 conv of the fusion input and of the skip branch) is
+applied on the LR grid and resampled afterwards, which is mathematically identical (both are
+linear, and nearest sampling also commutes with pointwise nonlinearities) but costs ``s^2``
+times less. The reference stream of the decoder only reconstructs the reference image, which
+no loss uses, so it is not computed.
+
+Tensors: images ``(B, C, H, W)`` normalised to about [0, 1]; output ``(B, C, *L)`` on the query
+grid.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+from mrisr.models.query import relative_offset, sample_grid, unfold_neighbourhood
+from mrisr.models.rdn import RDN
+
+
+@dataclass
+class GridQuery:
+    """Where to decode.
+
+    target_positions / reference_positions: per spatial axis, ``(B, L_axis)`` (or ``(1, L)``)
+        continuous voxel indices of the output grid on the target-LR / reference grid.
+    target_spacing / reference_spacing: ``(B, dims)`` output voxel size measured in target-LR /
+        reference voxels, i.e. ``1 / scale`` per axis (the IDF's scale input).
+    """
+
+    target_positions: list[torch.Tensor]
+    target_spacing: torch.Tensor
+    reference_positions: Optional[list[torch.Tensor]] = None
+    reference_spacing: Optional[torch.Tensor] = None
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(p.shape[-1] for p in self.target_positions)
+
+
+@dataclass
+class Encoded:
+    """Encoder output on the LR grids, reusable for any number of query grids (tiles)."""
+
+    target_stem: torch.Tensor
+    target_skip: torch.Tensor
+    target_shape: tuple[int, ...]
+    reference_stem: Optional[torch.Tensor] = None
+    reference_shape: Optional[tuple[int, ...]] = None
+
+
+class ChannelSpatialAttention(nn.Module):
+    """CBAM: channel attention from global average and max pooling through a shared MLP, then
+    spatial attention from channel-wise average and max through a 3x3 conv."""
+
+    def __init__(self, channels: int, reduction: int = 16, channel: bool = True,
+                 spatial: bool = True):
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.mlp = nn.Sequential(nn.Conv2d(channels, hidden, 1), nn.ReLU(inplace=True),
+                                 nn.Conv2d(hidden, channels, 1)) if channel else None
+        self.spatial = nn.Conv2d(2, 1, 3, padding=1) if spatial else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mlp is not None:
+            avg = x.mean(dim=(2, 3), keepdim=True)
+            mx = x.amax(dim=(2, 3), keepdim=True)
+            x = x * torch.sigmoid(self.mlp(avg) + self.mlp(mx))
+        if self.spatial is not None:
+            pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], 1)
+            x = x * torch.sigmoid(self.spatial(pooled))
+        return x
+
+
+class FusionLayer(nn.Module):
+    """1x1 conv + ReLU, residual block of ``n_convs`` (3x3 conv + ReLU), attention; residual."""
+
+    def __init__(self, channels: int, n_convs: int, reduction: int, channel_attention: bool,
+                 spatial_attention: bool):
+        super().__init__()
+        self.inp = nn.Conv2d(channels, channels, 1)
+        self.body = nn.ModuleList(nn.Conv2d(channels, channels, 3, padding=1)
+                                  for _ in range(n_convs))
+        self.attention = ChannelSpatialAttention(channels, reduction, channel_attention,
+                                                 spatial_attention)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.inp(x))
+        r = y
+        for conv in self.body:
+            r = torch.relu(conv(r))
+        return x + self.attention(y + r)
+
+
+class DualArbNet(nn.Module):
+    """Dual-ArbNet. See the module docstring.
+
+    Args:
+        in_channels: 1 (magnitude) or 2 (real, imaginary); the output has the same channels.
+        G0, D, C, G: RDN encoder width, blocks, convs per block, growth.
+        fusion_channels: width of the fusion branch; its halves modulate the target stream,
+            so the IDF's hidden width is ``fusion_channels // 2``.
+        fusion_layers, fusion_convs: number of fusion layers (= modulated IDF layers) and 3x3
+            convs in each layer's residual block.
+        skip_hidden: width of the skip branch.
+        sampling: ``nearest`` (paper) or ``linear`` (reference code) feature resampling.
+        reference_grad: train the encoder through the reference path too (the reference code
+            encodes the reference under ``no_grad``).
+        use_reference / use_scale / use_coord: the ablations of the paper's Table 2.
+        channel_attention, spatial_attention: the two halves of the fusion attention.
+    """
+
+    def __init__(self, in_channels: int = 1, G0: int = 64, D: int = 5, C: int = 10, G: int = 64,
+                 fusion_channels: int = 128, fusion_layers: int = 5, fusion_convs: int = 4,
+                 attention_reduction: int = 16, skip_hidden: int = 64, sampling: str = "nearest",
+                 reference_grad: bool = True, use_reference: bool = True, use_scale: bool = True,
+                 use_coord: bool = True, channel_attention: bool = True,
+                 spatial_attention: bool = True):
+        super().__init__()
+        if sampling not in ("nearest", "linear"):
+            raise ValueError(f"sampling must be 'nearest' or 'linear', got {sampling!r}")
+        if not (use_scale or use_coord):
+            raise ValueError("the IDF needs the scale or the coordinate input (or both)")
+        self.in_channels = in_channels
+        self.sampling = sampling
+        self.reference_grad = reference_grad
+        self.use_reference = use_reference
+        self.use_scale = use_scale
+        self.use_coord = use_coord
+        self.dims = 2
+        self.encoder = RDN(in_channels, G0, D, C, G, dims=2)
+        unfolded = 9 * G0
+        self.stem_target = nn.Conv2d(unfolded, fusion_channels, 1)
+        self.stem_reference = nn.Conv2d(unfolded, fusion_channels, 1, bias=False) \
+            if use_reference else None
+        self.fusion = nn.ModuleList(
+            FusionLayer(fusion_channels, fusion_convs, attention_reduction, channel_attention,
+                        spatial_attention) for _ in range(fusion_layers))
+        hidden = fusion_channels // 2
+        n_query = (2 * self.dims if use_scale else 0) + (self.dims if use_coord else 0)
+        self.idf_in = nn.Conv2d(n_query, hidden, 1)
+        self.idf = nn.ModuleList(nn.Conv2d(hidden, hidden, 1) for _ in range(fusion_layers))
+        self.idf_out = nn.Conv2d(hidden, in_channels, 1)
+        self.skip_in = nn.Conv2d(unfolded, skip_hidden, 1)
+        self.skip_mid = nn.Conv2d(skip_hidden, skip_hidden, 1)
+        self.skip_out = nn.Conv2d(skip_hidden, in_channels, 1)
+        # Output voxels depend on fused features this many output voxels away.
+        self.decoder_radius = fusion_layers * (fusion_convs + (1 if spatial_attention else 0))
+        self.encoder_radius = self.encoder.receptive_radius + 1  # + the 3x3 unfold
+
+    # -- encoder -------------------------------------------------------------------------
+    def _features(self, image: torch.Tensor) -> torch.Tensor:
+        return unfold_neighbourhood(self.encoder((image - 0.5) / 0.5))
+
+    def encode(self, lr: torch.Tensor, reference: Optional[torch.Tensor] = None) -> Encoded:
+        """Encode the target LR image ``(B, C, h, w)`` and the reference ``(B, C, hr, wr)``."""
+        target = self._features(lr)
+        enc = Encoded(target_stem=self.stem_target(target), target_skip=self.skip_in(target),
+                      target_shape=tuple(lr.shape[2:]))
+        if self.use_reference:
+            if reference is None:
+                raise ValueError("this Dual-ArbNet needs a reference image")
+            with torch.set_grad_enabled(self.reference_grad and torch.is_grad_enabled()):
+                ref = self._features(reference)
+            enc.reference_stem = self.stem_reference(ref)
+            enc.reference_shape = tuple(reference.shape[2:])
+        return enc
+
+    # -- decoder -------------------------------------------------------------------------
+    def _query_features(self, query: GridQuery, enc: Encoded, dtype) -> torch.Tensor:
+        shape = query.shape
+        batch = enc.target_stem.shape[0]
+        parts = []
+        if self.use_scale:
+            spacing = [query.target_spacing,
+                       query.reference_spacing if query.reference_spacing is not None
+                       else query.target_spacing]
+            for s in spacing:
+                parts.append(s.to(dtype).reshape(-1, self.dims, 1, 1).expand(batch, -1, *shape))
+        if self.use_coord:
+            for axis, pos in enumerate(query.target_positions):
+                rel = relative_offset(pos, enc.target_shape[axis]).to(dtype)
+                view = [rel.shape[0], 1, 1, 1]
+                view[2 + axis] = rel.shape[1]
+                parts.append(rel.reshape(view).expand(batch, 1, *shape))
+        return torch.cat(parts, dim=1)
+
+    def decode(self, enc: Encoded, query: GridQuery) -> torch.Tensor:
+        """Decode the output grid described by ``query``: ``(B, C, *query.shape)``."""
+        x = sample_grid(enc.target_stem, query.target_positions, self.sampling)
+        if self.use_reference:
+            x = x + sample_grid(enc.reference_stem, query.reference_positions, self.sampling)
+        h = torch.sin(self.idf_in(self._query_features(query, enc, x.dtype)))
+        half = x.shape[1] // 2
+        for layer, modulation in zip(self.fusion, self.idf):
+            x = layer(x)
+            h = torch.sin(modulation(h) * x[:, :half])
+        out = self.idf_out(h)
+        if self.sampling == "nearest":
+            skip = self.skip_out(torch.relu(self.skip_mid(torch.relu(enc.target_skip))))
+            skip = sample_grid(skip, query.target_positions, "nearest")
+        else:
+            skip = sample_grid(enc.target_skip, query.target_positions, "linear")
+            skip = self.skip_out(torch.relu(self.skip_mid(torch.relu(skip))))
+        return out + skip
+
+    def forward(self, lr: torch.Tensor, reference: Optional[torch.Tensor],
+                query: GridQuery) -> torch.Tensor:
+        return self.decode(self.encode(lr, reference), query)

@@ -1,0 +1,114 @@
+"""Implicit-representation queries shared by every model: where an output sample lies on a
+low-resolution feature grid, and how features are read there.
+
+Positions are *continuous voxel indices* of the low-resolution grid along each axis: the centre
+of LR voxel ``i`` is at ``i``; with the FOV-preserving convention of :mod:`mrisr.grid`, output
+voxel ``J`` of ``N`` lies at ``(J + 0.5) * n / N - 0.5`` on an LR axis of ``n`` voxels
+(:func:`grid_positions`). Two query layouts exist:
+
+* separable grids (per-axis position vectors, ``(B, L_axis)``): a whole output grid or tile,
+  used by models with convolutions at output resolution (Dual-ArbNet);
+* point sets (``(B, P, dims)``): arbitrary query voxels, used by pointwise decoders
+  (LIIF, ArSSR, CSR-dMRI).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def grid_positions(n_in: int, n_out: int, start: int = 0, stop: int | None = None,
+                   device=None, dtype=torch.float64) -> torch.Tensor:
+    """Positions on an ``n_in`` grid of output voxels ``start .. stop-1`` of an ``n_out`` grid."""
+    stop = n_out if stop is None else stop
+    j = torch.arange(start, stop, device=device, dtype=dtype)
+    return (j + 0.5) * (n_in / n_out) - 0.5
+
+
+def nearest_index(positions: torch.Tensor, n: int) -> torch.Tensor:
+    """Index of the nearest voxel centre (ties round up), clamped to ``[0, n - 1]``."""
+    return torch.floor(positions + 0.5).clamp_(0, n - 1).long()
+
+
+def relative_offset(positions: torch.Tensor, n: int) -> torch.Tensor:
+    """Offset to the nearest voxel centre in units of half a voxel: ``2 (u - round(u))``,
+    in ``[-1, 1)`` inside the grid (the reference code's relative coordinate)."""
+    return 2.0 * (positions - nearest_index(positions, n).to(positions.dtype))
+
+
+def _gather_axis(x: torch.Tensor, index: torch.Tensor, axis: int) -> torch.Tensor:
+    """``x`` (B, C, *sp) indexed along spatial ``axis`` by per-sample ``index`` (B, L)."""
+    dim = 2 + axis
+    if index.shape[0] == 1 and x.shape[0] > 1:
+        index = index.expand(x.shape[0], -1)
+    shape = [1] * x.ndim
+    shape[0], shape[dim] = index.shape[0], index.shape[1]
+    expand = list(x.shape)
+    expand[dim] = index.shape[1]
+    return torch.gather(x, dim, index.reshape(shape).expand(expand))
+
+
+def sample_axis(x: torch.Tensor, positions: torch.Tensor, axis: int,
+                mode: str = "nearest") -> torch.Tensor:
+    """Resample spatial ``axis`` of ``x`` at ``positions`` (B, L) or (1, L).
+
+    ``nearest`` copies the nearest voxel; ``linear`` interpolates between the two neighbours
+    (edge values beyond the first/last centre). Exact and deterministic: the same position
+    always gives the same result, whichever tile it is computed in.
+    """
+    n = x.shape[2 + axis]
+    if mode == "nearest":
+        return _gather_axis(x, nearest_index(positions, n), axis)
+    if mode != "linear":
+        raise ValueError(f"unknown sampling mode {mode!r}")
+    u = positions.clamp(0, n - 1)
+    i0 = torch.floor(u).clamp_(0, max(n - 2, 0)).long()
+    w = (u - i0.to(u.dtype)).to(x.dtype)
+    i1 = (i0 + 1).clamp_(max=n - 1)
+    shape = [1] * x.ndim
+    shape[0], shape[2 + axis] = w.shape[0], w.shape[1]
+    w = w.reshape(shape)
+    return _gather_axis(x, i0, axis) * (1 - w) + _gather_axis(x, i1, axis) * w
+
+
+def sample_grid(x: torch.Tensor, positions: Sequence[torch.Tensor],
+                mode: str = "nearest") -> torch.Tensor:
+    """Separable resampling of every spatial axis: ``(B, C, *sp) -> (B, C, *L)``."""
+    for axis, pos in enumerate(positions):
+        x = sample_axis(x, pos, axis, mode)
+    return x
+
+
+def sample_points(x: torch.Tensor, points: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Read features at arbitrary points.
+
+    x: ``(B, C, *sp)`` with 2 or 3 spatial axes. points: ``(B, P, dims)`` continuous voxel
+    indices in array axis order. Returns ``(B, P, C)``. ``bilinear`` is trilinear in 3D;
+    positions beyond the outer voxel centres take border values.
+    """
+    dims = points.shape[-1]
+    sizes = torch.tensor(x.shape[2:], dtype=points.dtype, device=points.device)
+    norm = (2 * points + 1) / sizes - 1  # pixel-centre convention of grid_sample(False)
+    grid = norm.flip(-1).reshape(points.shape[0], points.shape[1], *([1] * (dims - 1)), dims)
+    out = F.grid_sample(x, grid.to(x.dtype), mode=mode, padding_mode="border",
+                        align_corners=False)
+    return out.reshape(x.shape[0], x.shape[1], points.shape[1]).transpose(1, 2)
+
+
+def unfold_neighbourhood(x: torch.Tensor) -> torch.Tensor:
+    """Stack each voxel's 3x3 (2D) or 3x3x3 (3D) neighbourhood along channels (zero padded):
+    ``(B, C, *sp) -> (B, C * 3**dims, *sp)``."""
+    dims = x.ndim - 2
+    if dims == 2:
+        b, c, h, w = x.shape
+        return F.unfold(x, 3, padding=1).reshape(b, c * 9, h, w)
+    padded = F.pad(x, [1, 1] * dims)
+    sp = x.shape[2:]
+    parts = []
+    for dz in range(3):
+        for dy in range(3):
+            for dx in range(3):
+                parts.append(padded[:, :, dz:dz + sp[0], dy:dy + sp[1], dx:dx + sp[2]])
+    return torch.cat(parts, dim=1)

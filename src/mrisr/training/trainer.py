@@ -1,0 +1,226 @@
+"""The training loop shared by the 2D and 3D model families.
+
+A *task* supplies batches (``task.batch(step, rank, world)``: a dict of tensors, identical for
+a given step whatever the process count) and the loss (``task.loss(model, batch)``). The
+trainer owns everything else: Adam with a step-indexed learning-rate schedule (so resuming
+needs no scheduler object), mixed precision on CUDA, DistributedDataParallel under
+``torchrun``, rank-0 logging (CSV, optional TensorBoard, progress bar) and checkpoints
+(``last.pt`` with optimizer state for exact resume, ``final.pt`` with weights only), a time
+budget that spans resumes, and periodic validation with the shared evaluation harness.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from pathlib import Path
+from typing import Optional
+
+import torch
+from torch import nn
+
+from mrisr.config import to_dict
+from mrisr.errors import InputError
+from mrisr.io.atomic import write_text_atomic
+from mrisr.models.checkpoint import describe, read_checkpoint, save_checkpoint
+from mrisr.progress import progress
+from mrisr.training.config import TrainConfig
+from mrisr.training.distributed import DistInfo, any_rank
+
+LOG_COLUMNS = ["step", "phase", "loss", "l1", "kloss", "lr", "scale", "ref_kind", "ref_scale",
+               "seconds_per_step", "elapsed_s"]
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Learning rate at ``step``: the phase's base rate times the schedule factor."""
+    _, phase = cfg.phase_at(step)
+    base = phase.lr if phase.lr is not None else cfg.optim.lr
+    o = cfg.optim
+    if o.schedule == "step":
+        return base * o.gamma ** (step // o.decay_every)
+    progress_ = min(1.0, step / max(1, cfg.total_steps))
+    return base * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi *
+                                                                                progress_)))
+
+
+def _batch_to(batch: dict, device: torch.device) -> dict:
+    out = {}
+    for key, value in batch.items():
+        if torch.is_tensor(value):
+            value = value.to(device, non_blocking=True)
+            if value.dtype == torch.float64 and device.type == "mps":
+                value = value.float()  # MPS has no float64
+        out[key] = value
+    return out
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, task, model: nn.Module, device: torch.device,
+                 dist_info: DistInfo = DistInfo(), data_description: Optional[dict] = None):
+        self.cfg = cfg
+        self.task = task
+        self.device = device
+        self.dist = dist_info
+        self.model = model.to(device)
+        self.data_description = data_description or {}
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.optim.lr,
+                                          weight_decay=cfg.optim.weight_decay)
+        self.step = 0
+        self.elapsed = 0.0
+        self.out_dir = Path(cfg.output)
+        self.net = self.model
+        if dist_info.enabled:
+            ids = [device.index] if device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
+        self.amp = cfg.run.amp and device.type == "cuda"
+        self._tb = None
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def _extra(self, with_state: bool) -> dict:
+        extra = {"train_config": to_dict(self.cfg), "data": self.data_description,
+                 "step": self.step, "trainer": {"elapsed": self.elapsed,
+                                                "total_steps": self.cfg.total_steps}}
+        if with_state:
+            extra["optimizer"] = self.optimizer.state_dict()
+        return extra
+
+    def save(self, name: str, with_state: bool = True) -> Optional[Path]:
+        if not self.dist.is_main:
+            return None
+        return save_checkpoint(self.out_dir / name, self.model, **self._extra(with_state))
+
+    def resume(self, path: str | Path) -> None:
+        payload = read_checkpoint(path)
+        mine = describe(self.model)
+        if payload["model"]["architecture"] != mine["architecture"] or \
+                payload["model"]["args"] != mine["args"]:
+            raise InputError(f"{path}: checkpoint is of model {payload['model']}, the config "
+                             f"describes {mine}")
+        if "optimizer" not in payload:
+            raise InputError(f"{path}: has no optimizer state (a final checkpoint); resume "
+                             "from last.pt")
+        self.model.load_state_dict(payload["state_dict"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.step = int(payload["step"])
+        self.elapsed = float(payload["trainer"]["elapsed"])
+        self._truncate_log()
+
+    # -- logging --------------------------------------------------------------------------
+    def _log_path(self) -> Path:
+        return self.out_dir / "log.csv"
+
+    def _truncate_log(self) -> None:
+        """Drop log rows written after the checkpoint being resumed from."""
+        path = self._log_path()
+        if not self.dist.is_main or not path.exists():
+            return
+        rows = [r for r in csv.DictReader(path.open()) if int(r["step"]) <= self.step]
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, extrasaction="ignore",
+                                lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text_atomic(path, buf.getvalue())
+
+    def _log(self, row: dict) -> None:
+        if not self.dist.is_main:
+            return
+        path = self._log_path()
+        new = not path.exists()
+        with path.open("a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=LOG_COLUMNS, extrasaction="ignore",
+                                    lineterminator="\n")
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        if self.cfg.run.tensorboard:
+            if self._tb is None:
+                from torch.utils.tensorboard import SummaryWriter
+                self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+            for key in ("loss", "l1", "kloss", "lr"):
+                if row.get(key) not in (None, ""):
+                    self._tb.add_scalar(f"train/{key}", float(row[key]), row["step"])
+
+    # -- the loop -------------------------------------------------------------------------
+    def train_step(self, batch: dict) -> tuple[float, dict]:
+        lr = learning_rate(self.cfg, self.step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.net.train()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            loss, parts = self.task.loss(self.net, batch)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.optim.grad_clip:
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
+        self.optimizer.step()
+        return float(loss.detach()), {**parts, "lr": lr}
+
+    def fit(self, show_progress: bool = True) -> Optional[Path]:
+        """Train until the curriculum ends or the time budget is spent; returns ``final.pt``."""
+        cfg = self.cfg
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+        total = cfg.total_steps
+        budget = cfg.run.max_minutes * 60 if cfg.run.max_minutes else None
+        bar = progress(total=total, initial=self.step, desc="train", unit="step",
+                       disable=not (show_progress and self.dist.is_main))
+        window_start, window_steps = time.perf_counter(), 0
+        try:
+            while self.step < total:
+                if any_rank(budget is not None and self.elapsed >= budget, self.dist,
+                            self.device):
+                    break
+                t0 = time.perf_counter()
+                host = self.task.batch(self.step, self.dist.rank, self.dist.world)
+                loss, parts = self.train_step(_batch_to(host, self.device))
+                self.elapsed += time.perf_counter() - t0
+                self.step += 1
+                window_steps += 1
+                phase_index, phase = cfg.phase_at(self.step - 1)
+                if self.step % cfg.run.log_every == 0 or self.step == total:
+                    per_step = (time.perf_counter() - window_start) / window_steps
+                    self._log({"step": self.step, "phase": phase.name, "loss": loss,
+                               "l1": parts.get("l1"), "kloss": parts.get("kloss", ""),
+                               "lr": parts["lr"], "scale": host.get("scale"),
+                               "ref_kind": host.get("ref_kind"),
+                               "ref_scale": host.get("ref_scale"),
+                               "seconds_per_step": round(per_step, 4),
+                               "elapsed_s": round(self.elapsed, 1)})
+                    window_start, window_steps = time.perf_counter(), 0
+                    bar.set_postfix(loss=f"{loss:.4f}", phase=phase.name,
+                                    s_step=f"{per_step:.2f}")
+                bar.update(1)
+                if self.step % cfg.run.checkpoint_every == 0:
+                    self.save("last.pt")
+                if cfg.validation.every and self.step % cfg.validation.every == 0:
+                    self.validate()
+        finally:
+            bar.close()
+        self.save("last.pt")
+        return self.save("final.pt", with_state=False)
+
+    def validate(self) -> Optional[dict]:
+        """Mean PSNR/SSIM of the model on the validation evaluation (rank 0)."""
+        if not self.dist.is_main:
+            return None
+        from mrisr.config import from_dict
+        from mrisr.evaluation.harness import EvaluateConfig, evaluate
+        from mrisr.inference.predict import ModelMethod
+
+        cfg = from_dict(EvaluateConfig, {"methods": [{"name": "cubic"}], "figure_scale": None,
+                                         **self.cfg.validation.evaluate}, source="validation")
+        method = ModelMethod(model=self.model, device=str(self.device),
+                             input_kind=self.cfg.data.input)
+        result = evaluate(cfg, methods={"model": method}, show_progress=False)
+        summary = {"step": self.step,
+                   "psnr": sum(r["psnr"] for r in result.rows) / len(result.rows),
+                   "ssim": sum(r["ssim"] for r in result.rows) / len(result.rows)}
+        path = self.out_dir / "validation.csv"
+        new = not path.exists()
+        with path.open("a") as f:
+            if new:
+                f.write("step,psnr,ssim\n")
+            f.write(f"{summary['step']},{summary['psnr']:.4f},{summary['ssim']:.5f}\n")
+        return summary
