@@ -3,7 +3,7 @@
 A method is built from a spec ``{"name": ..., "args": {...}}`` by :func:`make_method` and called
 on an :class:`SRCase`; it returns the super-resolved *magnitude* image on the case's output grid.
 Interpolation baselines are registered here; learned models register themselves from
-``mrisr.models`` with :func:`register_method`.
+``mrisr.inference`` with :func:`register_method`.
 """
 from __future__ import annotations
 
@@ -66,11 +66,7 @@ def available_methods() -> list[str]:
 def _load_plugins() -> None:
     # Learned models register on import; importing here keeps the harness unaware of them.
     import importlib
-    try:
-        importlib.import_module("mrisr.models")
-    except ModuleNotFoundError as exc:
-        if exc.name != "mrisr.models":
-            raise
+    importlib.import_module("mrisr.inference")
 
 
 def make_method(name: str, args: Optional[dict] = None) -> SRMethod:

@@ -90,7 +90,8 @@ class LIIF(nn.Module):
         ys, xs = ys.expand(b, -1), xs.expand(b, -1)
         grid = torch.stack(torch.broadcast_tensors(ys[:, :, None], xs[:, None, :]), dim=-1)
         points = grid.reshape(b, -1, 2)
-        outs = [self.query_points(feat, points[:, i:i + self.chunk], query.target_spacing)
+        cell = query.target_spacing.expand(b, -1)
+        outs = [self.query_points(feat, points[:, i:i + self.chunk], cell)
                 for i in range(0, points.shape[1], self.chunk)]
         out = torch.cat(outs, dim=1)
         return out.transpose(1, 2).reshape(b, -1, ys.shape[1], xs.shape[1])

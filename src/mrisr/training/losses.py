@@ -24,7 +24,10 @@ def frequency_loss(pred: torch.Tensor, target: torch.Tensor, n_spatial: int,
     the reference code's K-loss) or ``seen`` (only that block: the paper's description).
     norm: ``l1`` (mean absolute difference) or ``l2`` (root of the mean squared difference).
     """
-    diff = centered_fft(pred.float(), n_spatial) - centered_fft(target.float(), n_spatial)
+    # Spectra in full precision even under autocast; complex inputs (real/imag images) stay so.
+    def spectrum(x):
+        return centered_fft(x if x.is_complex() else x.float(), n_spatial)
+    diff = spectrum(pred) - spectrum(target)
     if mask != "all":
         if lr_shape is None:
             raise ValueError("a masked frequency loss needs the LR shape")

@@ -1,0 +1,171 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mrisr.config import from_dict
+from mrisr.degradation import kspace_lowpass_mask
+from mrisr.degradation.kspace import centered_fft, centered_ifft
+from mrisr.errors import ConfigError
+from mrisr.evaluation import EvaluateConfig, evaluate
+from mrisr.models import load_checkpoint
+from mrisr.models.query import sample_grid
+from mrisr.training import load_train_config, train
+from mrisr.training.config import TrainConfig
+from mrisr.training.losses import frequency_loss
+from mrisr.training.slices import SlicePairs, SlicePatchTask
+
+REPO = Path(__file__).resolve().parents[1]
+TINY_MODEL = {"name": "dualarbnet", "args": {"G0": 8, "D": 1, "C": 2, "G": 8,
+                                             "fusion_channels": 8, "fusion_convs": 1,
+                                             "skip_hidden": 8, "attention_reduction": 4}}
+
+
+def tiny_config(tmp_path, steps=(3, 3), **extra) -> TrainConfig:
+    base = {
+        "model": TINY_MODEL,
+        "data": {"dataset": {"kind": "phantom", "shape": [64, 64, 12], "voxel_size": [2, 2, 4]},
+                 "patch": 12},
+        "curriculum": [{"name": "warmup", "steps": steps[0], "target_scales": [2, 3]},
+                       {"name": "full", "steps": steps[1],
+                        "reference": {"hr": 0.3, "lr": 0.3, "own": 0.4}}],
+        "optim": {"batch_size": 2, "lr": 1e-3},
+        "run": {"checkpoint_every": 3, "log_every": 1, "seed": 1, "threads": 1},
+        "output": str(tmp_path / "run"),
+    }
+    for key, value in extra.items():
+        base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+    return from_dict(TrainConfig, base)
+
+
+def test_frequency_loss_masks_select_the_right_frequencies():
+    rng = np.random.default_rng(0)
+    target = torch.from_numpy(rng.random((1, 1, 32, 32)))
+    k = centered_fft(target.to(torch.complex128), 2)
+    known = kspace_lowpass_mask((32, 32), (16, 16))
+    noise = torch.from_numpy(rng.normal(size=(32, 32)) + 1j * rng.normal(size=(32, 32)))
+    low = centered_ifft(k + noise * known, 2)
+    high = centered_ifft(k + noise * ~known, 2)
+    # Perturbing only the frequencies the LR input holds: invisible to the "unseen" K-loss.
+    assert frequency_loss(low, target, 2, (16, 16), "unseen") < 1e-2 * \
+        frequency_loss(low, target, 2, (16, 16), "seen")
+    assert frequency_loss(high, target, 2, (16, 16), "seen") < 1e-2 * \
+        frequency_loss(high, target, 2, (16, 16), "unseen")
+    assert frequency_loss(target, target, 2) == 0
+    assert frequency_loss(high, target, 2, (16, 16), "unseen", "l2") > 0
+
+
+def test_batches_are_deterministic_aligned_and_scales_independent(tmp_path):
+    cfg = tiny_config(tmp_path, steps=(2, 40))
+    task = SlicePatchTask(cfg, SlicePairs.load(cfg.data))
+    a, b = task.batch(5), task.batch(5)
+    for key in ("lr", "hr", "ref", "target_pos_0", "ref_pos_1"):
+        torch.testing.assert_close(a[key], b[key])
+    seen = set()
+    for step in range(2, 42):
+        batch = task.batch(step)
+        seen.add(batch["ref_kind"])
+        # The HR patch lies on the LR patch: linear upsampling at the query positions fits
+        # best without a shift.
+        errs = [float((sample_grid(batch["lr"].double(), [batch["target_pos_0"],
+                                                         batch["target_pos_1"] + d],
+                                   "linear") - batch["hr"]).abs().mean()) for d in (-1, 0, 1)]
+        assert errs[1] < min(errs[0], errs[2])
+        hr_size = batch["hr"].shape[-1]
+        assert batch["ref_pos_0"].shape[-1] == hr_size
+        np.testing.assert_allclose(batch["ref_spacing"][0].numpy(),
+                                   1 / batch["ref_scale"], rtol=0.05)
+    assert seen == {"hr", "lr", "own"}
+    own = [task.batch(s) for s in range(2, 42)]
+    own = [(b["scale"], b["ref_scale"]) for b in own if b["ref_kind"] == "own"]
+    assert len({r for _, r in own}) > 1 and any(abs(s - r) > 0.5 for s, r in own)
+
+
+def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path):
+    final_a = train(tiny_config(tmp_path / "a", steps=(3, 3)), show_progress=False)
+    interrupted = tiny_config(tmp_path / "b", steps=(3, 3))
+    interrupted.run.max_minutes = 1e-9  # the budget is spent after the first step
+    train(interrupted, show_progress=False)
+    assert load_checkpoint(tmp_path / "b" / "run" / "last.pt").payload["step"] == 1
+    final_b = train(tiny_config(tmp_path / "b", steps=(3, 3)), resume="auto",
+                    show_progress=False)
+    a = load_checkpoint(final_a).model.state_dict()
+    b = load_checkpoint(final_b).model.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    log_a = (tmp_path / "a" / "run" / "log.csv").read_text().splitlines()
+    log_b = (tmp_path / "b" / "run" / "log.csv").read_text().splitlines()
+    assert [r.split(",")[:3] for r in log_a] == [r.split(",")[:3] for r in log_b]
+
+
+def test_checkpoint_records_config_data_and_version(tmp_path):
+    final = train(tiny_config(tmp_path, steps=(2, 1)), show_progress=False)
+    payload = torch.load(final, weights_only=True)
+    assert payload["step"] == 3 and "optimizer" not in payload
+    assert payload["train_config"]["model"]["name"] == "dualarbnet"
+    assert payload["data"]["slices"] > 0 and payload["data"]["dataset"] == "phantom"
+    assert payload["code_version"].startswith(("0.", "1."))
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert "optimizer" in last
+
+
+def test_trained_checkpoint_plugs_into_evaluate(tmp_path):
+    final = train(tiny_config(tmp_path, steps=(2, 1)), show_progress=False)
+    cfg = from_dict(EvaluateConfig, {
+        "dataset": {"kind": "phantom", "shape": [48, 48, 8], "voxel_size": [2, 2, 4]},
+        "max_slices": 1, "scales": [2, 3.5], "references": ["hr", "lr", "2.5"],
+        "methods": [{"name": "model", "args": {"model": str(final)}, "label": "tiny"},
+                    {"name": "cubic"}]})
+    rows = evaluate(cfg, show_progress=False).rows
+    assert {(r["method"], r["reference"]) for r in rows} == {
+        ("tiny", "hr"), ("tiny", "lr"), ("tiny", "2.5"), ("cubic", "-")}
+    assert all(np.isfinite(r["psnr"]) for r in rows)
+
+
+def test_unknown_training_key_is_refused(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("optim: {learning_rate: 0.1}\n")
+    with pytest.raises(ConfigError, match="unknown key 'optim.learning_rate'"):
+        load_train_config(path)
+    path.write_text("curriculum: [{steps: 5, reference: {hd: 1}}]\n")
+    with pytest.raises(ConfigError, match="unknown reference type"):
+        load_train_config(path)
+
+
+DDP_CONFIG = """
+model: {model}
+data:
+  dataset: {{kind: phantom, shape: [64, 64, 12], voxel_size: [2, 2, 4]}}
+  patch: 12
+curriculum:
+  - {{name: full, steps: 3, reference: {{hr: 0.5, own: 0.5}}}}
+optim: {{batch_size: 4, lr: 0.001}}
+run: {{checkpoint_every: 100, log_every: 1, seed: 3, threads: 1}}
+output: {output}
+"""
+
+
+def test_torchrun_two_gloo_ranks_match_one_process(tmp_path):
+    import json
+    model = json.dumps(TINY_MODEL)
+    for name in ("single", "ddp"):
+        (tmp_path / f"{name}.yaml").write_text(DDP_CONFIG.format(model=model,
+                                                                 output=tmp_path / name))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    mrisr = [sys.executable, "-m", "mrisr.cli.main", "train", "-q"]
+    subprocess.run(mrisr + [str(tmp_path / "single.yaml")], check=True, env=env,
+                   capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", "-m", "mrisr.cli.main", "train", "-q",
+                           str(tmp_path / "ddp.yaml")], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    single = load_checkpoint(tmp_path / "single" / "final.pt").model.state_dict()
+    ddp = load_checkpoint(tmp_path / "ddp" / "final.pt").model.state_dict()
+    for key in single:
+        torch.testing.assert_close(ddp[key], single[key], rtol=1e-5, atol=1e-6)
+    # Rank 0 alone writes the log.
+    assert len((tmp_path / "ddp" / "log.csv").read_text().splitlines()) == 4
