@@ -15,4 +15,5 @@ register_architecture("dualarbnet")(DualArbNet)
 register_architecture("liif")(LIIF)
 
 __all__ = ["DualArbNet", "GridQuery", "LIIF", "RDN", "PRESETS", "Preset", "create_model",
-           "list_models", "load_checkpoint", "save_checkpoint"]
+           "list_models", "load_checkpoint", "save_checkpoint", "register_architecture",
+           "register_preset"]
