@@ -65,6 +65,78 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _upscale_jobs(args) -> list[tuple[Path, Optional[Path], Path]]:
+    """(target, reference, output) for a single file, a folder or a list file."""
+    from mrisr.errors import InputError
+    from mrisr.io.nifti import is_nifti_path
+
+    target = Path(args.target)
+    out = Path(args.output)
+    if target.is_file() and is_nifti_path(target):
+        return [(target, Path(args.ref) if args.ref else None, out)]
+    if target.is_dir():
+        pairs = [(p, None) for p in sorted(target.iterdir()) if is_nifti_path(p)]
+        if args.ref:
+            raise InputError(f"{target}: --ref applies to one target; for a batch give a list "
+                             "file with 'target reference' per line")
+    elif target.is_file():
+        pairs = []
+        for n, line in enumerate(target.read_text().splitlines(), 1):
+            parts = line.split("#")[0].split()
+            if not parts:
+                continue
+            if len(parts) > 2:
+                raise InputError(f"{target}: line {n}: expected 'target [reference]'")
+            base = target.parent
+            pairs.append((base / parts[0], base / parts[1] if len(parts) == 2 else None))
+    else:
+        raise InputError(f"{target}: file not found")
+    if not pairs:
+        raise InputError(f"{target}: no NIfTI file to upscale")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: for several inputs the output must be a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    return [(t, r, out / t.name) for t, r in pairs]
+
+
+def cmd_upscale(args: argparse.Namespace) -> int:
+    import torch
+
+    from mrisr.inference.upscale import load_model, upscale_file
+    from mrisr.progress import progress
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    jobs = _upscale_jobs(args)
+    size = {"scale": None, "voxel_size": None, "shape": None}
+    if args.scale:
+        size["scale"] = args.scale if len(args.scale) > 1 else args.scale[0]
+    if args.voxel_size:
+        size["voxel_size"] = args.voxel_size if len(args.voxel_size) > 1 else args.voxel_size[0]
+    if args.shape:
+        size["shape"] = [int(round(v)) for v in args.shape]
+    models = {}
+    bar = progress(total=0, desc="upscale", unit="slice", disable=args.quiet)
+
+    def grow(n: int) -> None:
+        bar.total += n
+        bar.refresh()
+    try:
+        for target, ref, out in jobs:
+            key = ref is not None
+            if key not in models:
+                models[key] = load_model(args.model, key)
+            bar.set_description(f"upscale {target.name}")
+            upscale_file(target, out, ref, overwrite=args.overwrite, memmap=args.memmap,
+                         progress=bar.update, on_start=grow, loaded_model=models[key],
+                         device=args.device, plane=args.plane, tile=args.tile, amp=args.amp,
+                         **size)
+            bar.write(f"wrote {out}")
+    finally:
+        bar.close()
+    return 0
+
+
 def cmd_degrade(args: argparse.Namespace) -> int:
     from mrisr.degradation import degrade_volume
     from mrisr.grid import voxel_sizes
@@ -92,10 +164,21 @@ def cmd_phantom(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from mrisr.demo import run_demo
+    from mrisr.progress import progress
 
-    paths = run_demo(args.output, show_progress=not args.quiet)
-    print(Path(paths["table"]).read_text())
-    print(f"results in {Path(args.output).resolve()}: {', '.join(p.name for p in paths.values())}")
+    bar = progress(total=0, desc="demo", unit="slice", disable=args.quiet)
+
+    def grow(n: int) -> None:
+        bar.total += n
+        bar.refresh()
+    try:
+        result = run_demo(args.output, scale=args.scale, device=args.device,
+                          progress=bar.update, on_start=grow, log=bar.write)
+    finally:
+        bar.close()
+    print(result["table"])
+    print(f"results in {Path(args.output).resolve()}: " +
+          ", ".join(Path(p).name for p in result["files"].values()))
     return 0
 
 
@@ -136,6 +219,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("upscale", help="super-resolve NIfTI images at any scale or voxel size, "
+                       "optionally guided by a reference contrast at its own resolution")
+    p.add_argument("target", help="NIfTI file (3D or 4D), a folder of them, or a list file "
+                   "with 'target [reference]' per line")
+    p.add_argument("--ref", help="reference contrast (any resolution, orientation and FOV)")
+    size = p.add_mutually_exclusive_group(required=True)
+    size.add_argument("--scale", type=_parse_scale, help="upscaling factor S or SX,SY,SZ")
+    size.add_argument("--voxel-size", type=_parse_scale, help="output voxel size V or VX,VY,VZ "
+                      "(mm; the FOV is kept, so the achieved size is FOV / round(FOV / V))")
+    size.add_argument("--shape", type=_parse_scale, help="output shape NX,NY,NZ")
+    p.add_argument("-o", "--output", required=True, help="output NIfTI (a folder for batches)")
+    p.add_argument("--model", help="preset with shipped weights or checkpoint path (default: "
+                   "dualarbnet_s with --ref, liif_s without)")
+    p.add_argument("--plane", default="auto", help="slice plane for 2D models: auto, axial, "
+                   "coronal, sagittal or an axis 0/1/2 (default auto: the plane of the largest "
+                   "upscaling factors, i.e. the acquisition plane for in-plane upscaling)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument("--threads", type=int, help="CPU threads")
+    p.add_argument("--tile", type=int, default=256, help="output tile size in voxels "
+                   "(bounded memory; results equal the untiled ones)")
+    p.add_argument("--memmap", action="store_true", help="keep the output array on disk "
+                   "(memory-mapped) instead of in memory")
+    p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_upscale)
+
     p = sub.add_parser("degrade", help="simulate a low-resolution acquisition of a NIfTI image")
     p.add_argument("input", help="NIfTI volume or 4D series")
     p.add_argument("-o", "--output", required=True, help="output NIfTI")
@@ -153,9 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_phantom)
 
-    p = sub.add_parser("demo", help="run the main job on the embedded phantom (no data needed)")
+    p = sub.add_parser("demo", help="degrade the embedded phantom and upscale it with the "
+                       "shipped models and cubic interpolation (no data needed)")
     p.add_argument("-o", "--output", default="mrisr-demo", help="output folder (default: "
                    "./mrisr-demo)")
+    p.add_argument("--scale", type=float, default=2.0, help="in-plane factor (default 2)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 

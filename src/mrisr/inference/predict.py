@@ -15,6 +15,7 @@ from torch import nn
 from mrisr.data.intensity import as_channels, robust_max
 from mrisr.devices import select_device
 from mrisr.evaluation.methods import SRCase, SRMethod, register_method
+from mrisr.inference.tiling import decode_tiled
 from mrisr.models.dual_arbnet import GridQuery
 from mrisr.models.query import grid_positions
 
@@ -41,11 +42,13 @@ def _uses_reference(model: nn.Module) -> bool:
 @torch.no_grad()
 def predict_slice(model: nn.Module, lr: np.ndarray, out_shape: tuple[int, int],
                   reference: Optional[np.ndarray] = None, input_kind: str = "magnitude",
-                  device: Optional[torch.device] = None) -> np.ndarray:
+                  device: Optional[torch.device] = None, tile: Optional[int] = None
+                  ) -> np.ndarray:
     """Super-resolve one 2D image ``lr`` (real or complex ``(h, w)``) to ``out_shape``.
 
     ``reference``: the reference contrast over the same FOV on its own grid (any resolution).
-    Returns float32 magnitude ``out_shape``.
+    tile: decode the output in tiles of ``tile`` voxels per axis (bounded memory; the result
+    equals the untiled one). Returns float32 magnitude ``out_shape``.
     """
     device = device or next(model.parameters()).device
     model.eval()
@@ -58,13 +61,8 @@ def predict_slice(model: nn.Module, lr: np.ndarray, out_shape: tuple[int, int],
         ref_t = torch.from_numpy(as_channels(reference / robust_max(reference),
                                              input_kind))[None].to(device)
         ref_shape = reference.shape
-    query = full_grid_query(lr.shape, out_shape, ref_shape, device=device)
-    if device.type == "mps":
-        query = GridQuery(*[[p.float() for p in v] if isinstance(v, list) else
-                            (v.float() if v is not None else None)
-                            for v in (query.target_positions, query.target_spacing,
-                                      query.reference_positions, query.reference_spacing)])
-    out = model(x, ref_t, query)[0].float().cpu().numpy()
+    query = full_grid_query(lr.shape, out_shape, ref_shape).to(device)
+    out = decode_tiled(model, model.encode(x, ref_t), query, tile)[0].float().cpu().numpy()
     mag = np.abs(out[0]) if out.shape[0] == 1 else np.hypot(out[0], out[1])
     return (mag * norm).astype(np.float32)
 

@@ -54,6 +54,26 @@ class GridQuery:
     def shape(self) -> tuple[int, ...]:
         return tuple(p.shape[-1] for p in self.target_positions)
 
+    def window(self, index: tuple) -> "GridQuery":
+        """The query restricted to ``index`` (one slice per axis of the output grid)."""
+        ref = self.reference_positions
+        return GridQuery([p[:, i] for p, i in zip(self.target_positions, index)],
+                         self.target_spacing,
+                         [p[:, i] for p, i in zip(ref, index)] if ref is not None else None,
+                         self.reference_spacing)
+
+    def to(self, device, float64: bool = True) -> "GridQuery":
+        """Move to ``device``; positions stay float64 unless the device lacks it (MPS)."""
+        dtype = torch.float64 if float64 and torch.device(device).type != "mps" else \
+            torch.float32
+
+        def move(t):
+            return None if t is None else t.to(device=device, dtype=dtype)
+        ref = self.reference_positions
+        return GridQuery([move(p) for p in self.target_positions], move(self.target_spacing),
+                         [move(p) for p in ref] if ref is not None else None,
+                         move(self.reference_spacing))
+
 
 @dataclass
 class Encoded:
@@ -68,7 +88,12 @@ class Encoded:
 
 class ChannelSpatialAttention(nn.Module):
     """CBAM: channel attention from global average and max pooling through a shared MLP, then
-    spatial attention from channel-wise average and max through a 3x3 conv."""
+    spatial attention from channel-wise average and max through a 3x3 conv.
+
+    The channel attention pools over the whole decoded grid. Tiled decoding passes the pooled
+    statistics of the whole grid in ``pooled`` (see :meth:`DualArbNet.decode`) so that every
+    tile uses the same channel weights as an untiled decode.
+    """
 
     def __init__(self, channels: int, reduction: int = 16, channel: bool = True,
                  spatial: bool = True):
@@ -78,14 +103,18 @@ class ChannelSpatialAttention(nn.Module):
                                  nn.Conv2d(hidden, channels, 1)) if channel else None
         self.spatial = nn.Conv2d(2, 1, 3, padding=1) if spatial else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    @staticmethod
+    def pool(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global (average, maximum) over the spatial axes: two ``(B, C, 1, 1)`` tensors."""
+        return x.mean(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True)
+
+    def forward(self, x: torch.Tensor, pooled=None) -> torch.Tensor:
         if self.mlp is not None:
-            avg = x.mean(dim=(2, 3), keepdim=True)
-            mx = x.amax(dim=(2, 3), keepdim=True)
+            avg, mx = pooled if pooled is not None else self.pool(x)
             x = x * torch.sigmoid(self.mlp(avg) + self.mlp(mx))
         if self.spatial is not None:
-            pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], 1)
-            x = x * torch.sigmoid(self.spatial(pooled))
+            maps = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], 1)
+            x = x * torch.sigmoid(self.spatial(maps))
         return x
 
 
@@ -101,12 +130,15 @@ class FusionLayer(nn.Module):
         self.attention = ChannelSpatialAttention(channels, reduction, channel_attention,
                                                  spatial_attention)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def pre_attention(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.relu(self.inp(x))
         r = y
         for conv in self.body:
             r = torch.relu(conv(r))
-        return x + self.attention(y + r)
+        return y + r
+
+    def forward(self, x: torch.Tensor, pooled=None) -> torch.Tensor:
+        return x + self.attention(self.pre_attention(x), pooled)
 
 
 class DualArbNet(nn.Module):
@@ -202,15 +234,41 @@ class DualArbNet(nn.Module):
                 parts.append(rel.reshape(view).expand(batch, 1, *shape))
         return torch.cat(parts, dim=1)
 
-    def decode(self, enc: Encoded, query: GridQuery) -> torch.Tensor:
-        """Decode the output grid described by ``query``: ``(B, C, *query.shape)``."""
+    @property
+    def has_global_pooling(self) -> bool:
+        return any(layer.attention.mlp is not None for layer in self.fusion)
+
+    def _fusion_input(self, enc: Encoded, query: GridQuery) -> torch.Tensor:
         x = sample_grid(enc.target_stem, query.target_positions, self.sampling)
         if self.use_reference:
             x = x + sample_grid(enc.reference_stem, query.reference_positions, self.sampling)
+        return x
+
+    def fusion_pooling(self, enc: Encoded, query: GridQuery, layer_index: int, pooled: list,
+                       interior: tuple) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Sum and maximum of fusion layer ``layer_index``'s attention input over the
+        ``interior`` (a tuple of slices) of the window ``query``, given the pooled statistics
+        of the earlier layers: the pieces from which tiled decoding assembles the global
+        pooling. Returns ``(sum (B, C, 1, 1), max (B, C, 1, 1), voxel count)``."""
+        x = self._fusion_input(enc, query)
+        for i in range(layer_index):
+            x = self.fusion[i](x, pooled[i])
+        y = self.fusion[layer_index].pre_attention(x)[(..., *interior)]
+        return (y.sum(dim=(2, 3), keepdim=True), y.amax(dim=(2, 3), keepdim=True),
+                y.shape[2] * y.shape[3])
+
+    def decode(self, enc: Encoded, query: GridQuery, pooled: Optional[list] = None
+               ) -> torch.Tensor:
+        """Decode the output grid described by ``query``: ``(B, C, *query.shape)``.
+
+        ``pooled``: per fusion layer, the global (average, maximum) of its attention input over
+        the *whole* output grid, when ``query`` is only a window of it (tiled decoding).
+        """
+        x = self._fusion_input(enc, query)
         h = torch.sin(self.idf_in(self._query_features(query, enc, x.dtype)))
         half = x.shape[1] // 2
-        for layer, modulation in zip(self.fusion, self.idf):
-            x = layer(x)
+        for i, (layer, modulation) in enumerate(zip(self.fusion, self.idf)):
+            x = layer(x, pooled[i] if pooled is not None else None)
             h = torch.sin(modulation(h) * x[:, :half])
         out = self.idf_out(h)
         if self.sampling == "nearest":

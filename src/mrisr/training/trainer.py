@@ -32,14 +32,22 @@ LOG_COLUMNS = ["step", "phase", "loss", "l1", "kloss", "lr", "scale", "ref_kind"
                "seconds_per_step", "elapsed_s"]
 
 
-def learning_rate(cfg: TrainConfig, step: int) -> float:
-    """Learning rate at ``step``: the phase's base rate times the schedule factor."""
+def learning_rate(cfg: TrainConfig, step: int, elapsed: float = 0.0) -> float:
+    """Learning rate at ``step``: the phase's base rate times the schedule factor.
+
+    The cosine schedule runs to the end of the curriculum or, with ``run.max_minutes``, to
+    whichever of the curriculum and the time budget ends first (``elapsed`` seconds spent), so a
+    time-limited run still anneals.
+    """
     _, phase = cfg.phase_at(step)
     base = phase.lr if phase.lr is not None else cfg.optim.lr
     o = cfg.optim
     if o.schedule == "step":
         return base * o.gamma ** (step // o.decay_every)
-    progress_ = min(1.0, step / max(1, cfg.total_steps))
+    progress_ = step / max(1, cfg.total_steps)
+    if cfg.run.max_minutes:
+        progress_ = max(progress_, elapsed / (cfg.run.max_minutes * 60))
+    progress_ = min(1.0, progress_)
     return base * (o.min_lr_ratio + (1 - o.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi *
                                                                                 progress_)))
 
@@ -144,7 +152,7 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------------------------
     def train_step(self, batch: dict) -> tuple[float, dict]:
-        lr = learning_rate(self.cfg, self.step)
+        lr = learning_rate(self.cfg, self.step, self.elapsed)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.net.train()

@@ -1,0 +1,335 @@
+"""Whole-volume super-resolution of NIfTI images in world space (``mrisr upscale``).
+
+A 3D target is super-resolved slice by slice with a 2D model. The output grid keeps the
+target's field of view and orientation (:mod:`mrisr.grid`); the requested scale, voxel size or
+shape fixes its size per axis. The slice axis is the one with the smallest upscaling factor
+(ties: the thickest voxels), so for in-plane upscaling the model runs in the acquisition plane,
+and for through-plane upscaling of thick slices it runs in a plane that contains the thick axis.
+Any remaining factor along the slice axis is applied by cubic interpolation afterwards.
+
+The reference may have any resolution, orientation and field of view. It is resampled through
+the affines onto a grid in the target's orientation that covers the target's field of view at
+the reference's *own* in-plane resolution, with one reference slice per target slice, and is
+fed to the model at its own scale. Output voxels whose slice has no reference coverage are
+reported (the reference is zero there).
+
+Memory: the LR slice is encoded once; the output slice is decoded in tiles (exactly equal to an
+untiled decode); the result goes into one preallocated (optionally memory-mapped) array.
+4D series are processed volume by volume and streamed to disk as they finish.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import nibabel as nib
+import numpy as np
+import torch
+
+from mrisr.degradation import spline_resize
+from mrisr.errors import InputError
+from mrisr.grid import (ScaleLike, as_scales, resample_affine, shape_for_voxel_size,
+                        upscaled_shape, voxel_sizes)
+from mrisr.io.nifti import Volume, load_nifti
+
+PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}
+DEFAULT_TILE = 256
+
+
+@dataclass
+class UpscaleResult:
+    """Output data (float32, voxel axes first), its affine and a description for the sidecar."""
+
+    data: np.ndarray
+    affine: np.ndarray
+    info: dict = field(default_factory=dict)
+
+
+def output_grid(shape: Sequence[int], affine: np.ndarray, scale: Optional[ScaleLike] = None,
+                voxel_size: Optional[ScaleLike] = None,
+                out_shape: Optional[Sequence[int]] = None) -> tuple[tuple[int, ...], np.ndarray]:
+    """Output shape and affine for exactly one of ``scale``, ``voxel_size`` or ``out_shape``."""
+    given = [x is not None for x in (scale, voxel_size, out_shape)]
+    if sum(given) != 1:
+        raise InputError("give exactly one of --scale, --voxel-size or --shape")
+    shape = tuple(int(n) for n in shape[:3])
+    if scale is not None:
+        new = upscaled_shape(shape, as_scales(scale, 3))
+    elif voxel_size is not None:
+        new = shape_for_voxel_size(shape, affine, voxel_size)
+    else:
+        new = tuple(int(n) for n in out_shape)
+        if len(new) != 3 or any(n < 1 for n in new):
+            raise InputError(f"--shape must be three positive integers, got {out_shape}")
+    return new, resample_affine(affine, shape, new)
+
+
+def choose_slice_axis(in_shape: Sequence[int], out_shape: Sequence[int], zooms: Sequence[float],
+                      plane: Optional[str] = None) -> int:
+    """Axis along which 2D slices are taken (see the module docstring)."""
+    if plane is not None and plane != "auto":
+        if plane in PLANES:
+            return PLANES[plane]
+        if plane in ("0", "1", "2"):
+            return int(plane)
+        raise InputError(f"unknown plane '{plane}' (auto, axial, coronal, sagittal, 0, 1, 2)")
+    factors = [o / i for i, o in zip(in_shape, out_shape)]
+    return min(range(3), key=lambda a: (round(factors[a], 6), -zooms[a], -a))
+
+
+def _spacing_along(ref_affine: np.ndarray, direction: np.ndarray) -> float:
+    """The reference's voxel size along a world direction (its sampling step along it)."""
+    steps = np.linalg.solve(ref_affine[:3, :3], direction)
+    return float(1.0 / np.abs(steps).max())
+
+
+def reference_grid(target: Volume, reference: Volume, slice_axis: int
+                   ) -> tuple[tuple[int, ...], np.ndarray]:
+    """Grid in the target's orientation and FOV with the reference's own in-plane resolution
+    and the target's slices along ``slice_axis``."""
+    shape = list(target.spatial_shape)
+    zooms = voxel_sizes(target.affine)
+    for axis in range(3):
+        if axis == slice_axis:
+            continue
+        direction = target.affine[:3, axis] / zooms[axis]
+        size = _spacing_along(reference.affine, direction)
+        shape[axis] = max(1, int(round(target.spatial_shape[axis] * zooms[axis] / size)))
+    return tuple(shape), resample_affine(target.affine, target.spatial_shape, shape)
+
+
+def estimate_bytes(out_shape: Sequence[int], n_volumes: int = 1) -> int:
+    return int(np.prod(out_shape)) * 4 * n_volumes
+
+
+def available_memory() -> Optional[int]:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_resources(out_path: Path, out_shape: Sequence[int], n_volumes: int,
+                    memmap: bool) -> None:
+    """Refuse, before any work, an output that would not fit in memory or on disk."""
+    one = estimate_bytes(out_shape)
+    total = one * n_volumes
+    free_disk = shutil.disk_usage(out_path.parent).free
+    if total > 0.95 * free_disk:
+        raise InputError(f"{out_path}: output needs {total / 1e9:.2f} GB but only "
+                         f"{free_disk / 1e9:.2f} GB are free on disk")
+    mem = available_memory()
+    if not memmap and mem is not None and 2 * one > 0.9 * mem:
+        raise InputError(f"{out_path}: one output volume needs {one / 1e9:.2f} GB (x2 while "
+                         f"processing) but {mem / 1e9:.2f} GB of memory are available; use "
+                         "--memmap or a smaller scale")
+
+
+class SliceUpscaler:
+    """Applies a 2D model to the slices of a volume (see the module docstring)."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device, input_kind: str = "magnitude",
+                 tile: Optional[int] = DEFAULT_TILE, amp: bool = False):
+        self.model = model.eval().to(device)
+        self.device = device
+        self.input_kind = input_kind
+        self.tile = tile
+        self.amp = amp and device.type == "cuda"
+        self.uses_reference = bool(getattr(model, "use_reference", False))
+
+    def _slice(self, lr: np.ndarray, out_shape, ref: Optional[np.ndarray]) -> np.ndarray:
+        from mrisr.inference.predict import predict_slice
+        if not np.any(lr):
+            return np.zeros(out_shape, np.float32)
+        if self.uses_reference and (ref is None or not np.any(ref)):
+            ref = None
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+            if self.uses_reference and ref is None:
+                # No reference in this slice (outside its FOV): cubic interpolation.
+                from mrisr.evaluation.methods import interpolate
+                return np.abs(interpolate(lr, out_shape, "cubic")).astype(np.float32)
+            return predict_slice(self.model, lr, out_shape, ref, self.input_kind, self.device,
+                                 self.tile)
+
+    def upscale(self, target: np.ndarray, out_shape: Sequence[int], slice_axis: int,
+                reference: Optional[np.ndarray] = None, out: Optional[np.ndarray] = None,
+                progress: Optional[Callable[[int], None]] = None) -> np.ndarray:
+        """target ``(X, Y, Z)`` -> ``out_shape``; ``reference`` on :func:`reference_grid`."""
+        axis = slice_axis
+        n_slices = target.shape[axis]
+        inplane = tuple(n for a, n in enumerate(out_shape) if a != axis)
+        inter_shape = list(out_shape)
+        inter_shape[axis] = n_slices
+        direct = out_shape[axis] == n_slices
+        inter = out if (direct and out is not None) else np.zeros(inter_shape, np.float32)
+        for k in range(n_slices):
+            lr = np.take(target, k, axis=axis)
+            ref = np.take(reference, k, axis=axis) if reference is not None else None
+            index = [slice(None)] * 3
+            index[axis] = k
+            inter[tuple(index)] = self._slice(lr, inplane, ref)
+            if progress:
+                progress(1)
+        if direct:
+            return inter
+        # The remaining factor along the slice axis: cubic interpolation, in blocks of rows.
+        result = out if out is not None else np.empty(tuple(out_shape), np.float32)
+        other = [a for a in range(3) if a != axis][0]
+        block = max(1, 2 ** 24 // max(1, int(np.prod(out_shape)) // out_shape[other]))
+        for start in range(0, out_shape[other], block):
+            index = [slice(None)] * 3
+            index[other] = slice(start, min(start + block, out_shape[other]))
+            part = np.moveaxis(inter[tuple(index)], axis, -1)
+            res = spline_resize(part, (out_shape[axis],), order=3)
+            result[tuple(index)] = np.moveaxis(np.clip(res, 0, None), -1, axis)
+        return result
+
+
+def default_model_name(has_reference: bool) -> str:
+    return "dualarbnet_s" if has_reference else "liif_s"
+
+
+def load_model(name: Optional[str], has_reference: bool):
+    """A preset with shipped weights, or a checkpoint path; returns (model, description)."""
+    from mrisr.models.checkpoint import load_checkpoint
+    from mrisr.models.registry import PRESETS, create_model, weights_path
+
+    name = name or default_model_name(has_reference)
+    if name in PRESETS:
+        path = weights_path(name)
+        if not path.exists():
+            raise InputError(f"model '{name}' has no shipped weights; give a checkpoint path")
+        loaded = load_checkpoint(path)
+    elif Path(name).exists():
+        loaded = load_checkpoint(name)
+    else:
+        raise InputError(f"{name}: model not found (a preset with weights: dualarbnet_s, "
+                         "liif_s; or a checkpoint path)")
+    model = loaded.model
+    kind = loaded.payload.get("train_config", {}).get("data", {}).get("input") or \
+        ("complex" if model.in_channels == 2 else "magnitude")
+    if getattr(model, "use_reference", False) and not has_reference:
+        raise InputError(f"model '{name}' needs a reference image (--ref)")
+    return model, {"model": name, "architecture": loaded.payload["model"],
+                   "code_version": loaded.payload.get("code_version"), "input": kind}
+
+
+def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, voxel_size=None,
+            shape=None, model: Optional[str] = None, device: str = "auto",
+            plane: Optional[str] = None, tile: Optional[int] = DEFAULT_TILE, amp: bool = False,
+            out: Optional[np.ndarray] = None, progress: Optional[Callable[[int], None]] = None,
+            loaded_model=None) -> UpscaleResult:
+    """Super-resolve a 3D :class:`Volume` (see the module docstring for the conventions)."""
+    from mrisr.devices import select_device
+    from mrisr.resample import resample_to_grid
+    from mrisr import __version__
+
+    if target.data.ndim != 3:
+        raise InputError(f"{target.path}: upscale() takes a 3D volume; use upscale_file for 4D")
+    out_shape, out_affine = output_grid(target.spatial_shape, target.affine, scale, voxel_size,
+                                        shape)
+    zooms = voxel_sizes(target.affine)
+    axis = choose_slice_axis(target.spatial_shape, out_shape, zooms, plane)
+    net, desc = loaded_model or load_model(model, reference is not None)
+    dev = select_device(device)
+    upscaler = SliceUpscaler(net, dev, desc["input"], tile, amp)
+    info = {"mrisr_version": __version__, **desc, "input_shape": list(target.spatial_shape),
+            "output_shape": list(out_shape), "input_voxel_size": [float(z) for z in zooms],
+            "output_voxel_size": [float(z) for z in voxel_sizes(out_affine)],
+            "scale": [o / i for i, o in zip(target.spatial_shape, out_shape)],
+            "slice_axis": axis,
+            "grid_convention": "pixel-centre, field of view preserved: "
+                               "A' = A @ [[diag(f), (f-1)/2], [0, 1]], f = N/N'"}
+    ref_grid = None
+    if reference is not None and upscaler.uses_reference:
+        ref_shape, ref_affine = reference_grid(target, reference, axis)
+        ref_grid, inside = resample_to_grid(reference.data, reference.affine, ref_affine,
+                                            ref_shape, name=str(reference.path))
+        covered = inside.any(axis=tuple(a for a in range(3) if a != axis))
+        info["reference"] = {"path": str(reference.path), "grid_shape": list(ref_shape),
+                             "voxel_size": [float(z) for z in voxel_sizes(ref_affine)],
+                             "covered_fraction": float(inside.mean()),
+                             "slices_without_reference": int((~covered).sum())}
+    t0 = time.perf_counter()
+    data = upscaler.upscale(target.data, out_shape, axis, ref_grid, out, progress)
+    info["seconds"] = round(time.perf_counter() - t0, 3)
+    return UpscaleResult(data=data, affine=out_affine, info=info)
+
+
+def sidecar_path(out_path: Path) -> Path:
+    name = out_path.name
+    stem = name[:-7] if name.endswith(".nii.gz") else name[:-4] if name.endswith(".nii") else name
+    return out_path.with_name(stem + ".json")
+
+
+def upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
+                 reference_path: Optional[str | os.PathLike] = None, *, overwrite: bool = False,
+                 memmap: bool = False, progress: Optional[Callable[[int], None]] = None,
+                 on_start: Optional[Callable[[int], None]] = None, loaded_model=None,
+                 **options) -> nib.Nifti1Image:
+    """Upscale a NIfTI file (3D, or 4D volume by volume) into ``out_path`` atomically, with a
+    JSON sidecar; bval/bvec files beside a 4D input are copied. Returns the output image
+    (data read lazily from the written file)."""
+    from mrisr.io.atomic import atomic_path, check_output_path, write_text_atomic
+    from mrisr.io.dwi import companion_paths
+    from mrisr.io.nifti import is_nifti_path
+    from mrisr.inference.streaming import StreamingNiftiWriter
+
+    out = Path(out_path)
+    if not is_nifti_path(out):
+        raise InputError(f"{out}: output must end in .nii or .nii.gz")
+    check_output_path(out, overwrite=overwrite, inputs=(target_path, reference_path))
+    sidecar = sidecar_path(out)
+    target = load_nifti(target_path, ndim=(3, 4))
+    reference = load_nifti(reference_path) if reference_path is not None else None
+    series = target.data.ndim == 4
+    n_vol = target.data.shape[3] if series else 1
+    shape3 = target.spatial_shape
+    out_shape, _ = output_grid(shape3, target.affine, options.get("scale"),
+                               options.get("voxel_size"), options.get("shape"))
+    check_resources(out, out_shape, n_vol, memmap)
+    options = dict(options)
+    model_pack = loaded_model or load_model(options.pop("model", None), reference is not None)
+    if on_start:
+        axis = choose_slice_axis(shape3, out_shape, voxel_sizes(target.affine),
+                                 options.get("plane"))
+        on_start(n_vol * shape3[axis])
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".mrisr-") as scratch:
+        buffer = np.lib.format.open_memmap(Path(scratch) / "out.npy", mode="w+",
+                                           dtype=np.float32, shape=out_shape) if memmap else None
+        with atomic_path(out) as tmp:
+            writer = None
+            for v in range(n_vol):
+                vol = Volume(target.data[..., v] if series else target.data,
+                             target.affine, target.header, target.path)
+                result = upscale(vol, reference, out=buffer, progress=progress,
+                                 loaded_model=model_pack, **options)
+                if writer is None:
+                    writer = StreamingNiftiWriter(tmp, out_shape + ((n_vol,) if series else ()),
+                                                  result.affine, target.header)
+                writer.write_volume(result.data)
+            writer.close()
+        info = {**result.info, "input": str(target_path), "output": str(out),
+                "volumes": n_vol}
+        write_text_atomic(sidecar, json.dumps(info, indent=1))
+    if series:
+        bval, bvec = companion_paths(target_path)
+        out_bval, out_bvec = companion_paths(out)
+        for src, dst in ((bval, out_bval), (bvec, out_bvec)):
+            if src.exists():
+                with atomic_path(dst) as tmp:
+                    shutil.copyfile(src, tmp)
+    return nib.load(str(out))
