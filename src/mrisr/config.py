@@ -138,7 +138,9 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
-def load_yaml(path: str | os.PathLike) -> dict:
+def load_yaml(path: str | os.PathLike, _seen: tuple = ()) -> dict:
+    """Read a YAML mapping. A top-level ``extends: other.yaml`` (relative to this file) loads
+    that file first and merges this one over it, so variants state only what differs."""
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"{p}: config file not found")
@@ -150,6 +152,12 @@ def load_yaml(path: str | os.PathLike) -> dict:
         data = {}
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping of settings")
+    parent = data.pop("extends", None)
+    if parent is not None:
+        base_path = (p.parent / str(parent)).resolve()
+        if base_path in _seen:
+            raise ConfigError(f"{p}: 'extends' forms a cycle through {base_path}")
+        data = merge(load_yaml(base_path, _seen + (base_path,)), data)
     return data
 
 

@@ -26,16 +26,13 @@ def _parse_scale(text: str) -> list[float]:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from mrisr.config import from_dict, load_yaml, merge, parse_override
+    from mrisr.config import from_dict, load_yaml, merge
     from mrisr.configs import packaged_config
     from mrisr.evaluation.harness import EvaluateConfig, evaluate
     from mrisr.evaluation.report import write_report
 
     path = args.config or packaged_config("phantom_eval.yaml")
-    overrides = {}
-    for item in args.set or []:
-        overrides = merge(overrides, parse_override(item))
-    data = merge(load_yaml(path), overrides)
+    data = merge(load_yaml(path), _overrides(args.set))
     cfg = from_dict(EvaluateConfig, data, source=str(path))
     out_dir = Path(args.output or cfg.output)
     result = evaluate(cfg, show_progress=not args.quiet)
@@ -182,6 +179,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from mrisr.models.registry import PRESETS, weights_path
+
+    print(f"{'preset':<24} {'weights':<8} description")
+    for name, preset in sorted(PRESETS.items()):
+        shipped = "shipped" if weights_path(name).exists() else "-"
+        print(f"{name:<24} {shipped:<8} {preset.description}")
+    return 0
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     from mrisr.degradation import DEGRADATIONS
     from mrisr.evaluation.methods import available_methods
@@ -271,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("models", help="list model presets and which have shipped weights")
+    p.set_defaults(func=cmd_models)
 
     p = sub.add_parser("info", help="list methods, degradations and metric protocols")
     p.set_defaults(func=cmd_info)

@@ -1,0 +1,44 @@
+#!/usr/bin/env python
+"""Copy a trained run's final checkpoint into the package as a preset's shipped weights.
+
+    python scripts/ship_weights.py runs/dualarbnet_s_brats dualarbnet_s
+
+Writes src/mrisr/weights/<name>.pt (weights and self-description, no optimizer state) and
+<name>.yaml (the training config that produced it, for reproduction), after checking that the
+checkpoint is of that preset and loads with weights_only=True.
+"""
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from mrisr.models.checkpoint import load_checkpoint
+
+
+def main(run: str, name: str) -> None:
+    src = Path(run) / "final.pt"
+    loaded = load_checkpoint(src)
+    preset = loaded.payload["model"].get("preset")
+    if preset != name:
+        raise SystemExit(f"{src}: checkpoint is of preset {preset!r}, not {name!r}")
+    out_dir = Path(__file__).resolve().parents[1] / "src" / "mrisr" / "weights"
+    out_dir.mkdir(exist_ok=True)
+    shutil.copyfile(src, out_dir / f"{name}.pt")
+    torch.load(out_dir / f"{name}.pt", weights_only=True)
+    cfg = loaded.payload["train_config"]
+    header = (f"# Training config of the shipped {name} weights (step {loaded.payload['step']}, "
+              f"mrisr {loaded.payload['code_version']}).\n")
+    (out_dir / f"{name}.yaml").write_text(header + yaml.safe_dump(cfg, sort_keys=False))
+    size = (out_dir / f"{name}.pt").stat().st_size / 2**20
+    print(f"shipped {name}: {size:.1f} MB, {sum(v.numel() for v in loaded.model.state_dict().values())} "
+          "parameters")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        raise SystemExit(__doc__)
+    main(sys.argv[1], sys.argv[2])
