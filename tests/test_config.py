@@ -38,3 +38,14 @@ def test_yaml_loading_env_expansion_and_overrides(tmp_path, monkeypatch):
         load_config(tmp_path / "bad.yaml", EvaluateConfig)
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "none.yaml", EvaluateConfig)
+
+
+def test_extends_merges_over_a_base_file_and_detects_cycles(tmp_path):
+    (tmp_path / "base.yaml").write_text("scales: [2, 4]\ndataset: {kind: phantom, seed: 1}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\ndataset: {seed: 5}\n")
+    cfg = load_config(tmp_path / "child.yaml", EvaluateConfig)
+    assert cfg.scales == [2, 4] and cfg.dataset.seed == 5 and cfg.dataset.kind == "phantom"
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "a.yaml", EvaluateConfig)
