@@ -205,7 +205,7 @@ def default_model_name(has_reference: bool) -> str:
 def load_model(name: Optional[str], has_reference: bool):
     """A preset with shipped weights, or a checkpoint path; returns (model, description)."""
     from mrisr.models.checkpoint import load_checkpoint
-    from mrisr.models.registry import PRESETS, create_model, weights_path
+    from mrisr.models.registry import PRESETS, weights_path
 
     name = name or default_model_name(has_reference)
     if name in PRESETS:

@@ -10,7 +10,7 @@ _PAPER_ENCODER = {"G0": 64, "D": 5, "C": 10, "G": 64}
 _COMPACT_ENCODER = {"G0": 32, "D": 3, "C": 4, "G": 32}
 _COMPACT_DUALARBNET = {**_COMPACT_ENCODER, "fusion_channels": 32, "fusion_convs": 1,
                        "skip_hidden": 32, "attention_reduction": 8, "sampling": "nearest",
-                       "reference_grad": False}
+                       "reference_grad": False, "image_residual": True}
 
 for preset in (
     Preset("dualarbnet_ref", "dualarbnet",
@@ -22,8 +22,8 @@ for preset in (
            {**_PAPER_ENCODER, "fusion_channels": 128, "fusion_convs": 4, "sampling": "nearest"},
            "Dual-ArbNet as the paper describes it (nearest feature sampling)"),
     Preset("dualarbnet_s", "dualarbnet", _COMPACT_DUALARBNET,
-           "compact Dual-ArbNet for CPU training (reference encoded without gradient, as the "
-           "reference code, which halves the cost of an HR reference)"),
+           "compact Dual-ArbNet for CPU training (reference encoded without gradient as in the "
+           "reference code; residual over the interpolated LR image)"),
     Preset("liif_ref", "liif", {"G0": 64, "D": 16, "C": 8, "G": 64},
            "LIIF with the RDN encoder and 4 x 256 MLP of the LIIF paper"),
     Preset("liif_s", "liif", {**_COMPACT_ENCODER, "hidden": [96, 96, 96, 96]},
@@ -36,3 +36,24 @@ for name, flag in (("noref", "use_reference"), ("noscale", "use_scale"),
     register_preset(Preset(f"dualarbnet_s_{name}", "dualarbnet",
                            {**_COMPACT_DUALARBNET, flag: False},
                            f"dualarbnet_s without {flag.split('_')[1]} (paper Table 2 ablation)"))
+
+# 3D diffusion family (CSR-dMRI, ArSSR, Table 2 ablations). The *_s sizes train on CPU; the
+# *_paper ones follow the papers (ArSSR's RDN, 128 features, width-256 decoders).
+_COMPACT_3D = {**_COMPACT_ENCODER, "feature_channels": 64, "hidden": 128}
+for preset in (
+    Preset("csr_dmri_paper", "csr_dmri", {},
+           "CSR-dMRI as the paper: LR DWI + T1w channels, RDN (ArSSR's size) to 128 features, "
+           "8 x 256 implicit function with a residual to the 4th ReLU"),
+    Preset("arssr_paper", "arssr", {}, "ArSSR with its RDN encoder and 2 x 4-layer decoder"),
+    Preset("csr_dmri_s", "csr_dmri", _COMPACT_3D, "compact CSR-dMRI for CPU training"),
+    Preset("arssr_s", "arssr", _COMPACT_3D, "compact ArSSR, sized like csr_dmri_s"),
+    Preset("csr_dmri_s_m1", "csr_dmri", {**_COMPACT_3D, "use_t1": False},
+           "csr_dmri_s without the T1w (Table 2's M1, CSR decoder)"),
+    Preset("csr_dmri_s_baseline", "csr_dmri",
+           {**_COMPACT_3D, "use_t1": False, "decoder": "baseline"},
+           "csr_dmri_s without implicit function or T1w (Table 2's Baseline; train it with "
+           "dmri.frequency_weight 0)"),
+    Preset("csr_dmri_s_own", "csr_dmri", {**_COMPACT_3D, "t1_mode": "own_resolution"},
+           "csr_dmri_s with the T1w encoded on its own grid by a second RDN"),
+):
+    register_preset(preset)

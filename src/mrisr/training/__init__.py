@@ -12,7 +12,7 @@ import torch
 
 from mrisr.config import from_dict, load_yaml, merge
 from mrisr.devices import select_device
-from mrisr.errors import InputError
+from mrisr.errors import ConfigError, InputError
 from mrisr.training.config import TrainConfig
 from mrisr.training.distributed import init_distributed, shutdown
 from mrisr.training.trainer import Trainer
@@ -24,6 +24,15 @@ def load_train_config(path: str | os.PathLike, overrides: Optional[dict] = None)
 
 
 def build_task(cfg: TrainConfig, model):
+    dims = 3 if cfg.task == "dmri3d" else 2
+    if getattr(model, "dims", 2) != dims:
+        raise ConfigError(f"model '{cfg.model.name}' is {getattr(model, 'dims', 2)}D but task "
+                          f"'{cfg.task}' trains {dims}D models")
+    if cfg.task == "dmri3d":
+        from mrisr.training.volumes import VolumePatchTask, load_dwi_subjects
+        use_t1 = bool(getattr(model, "use_reference", False))
+        return VolumePatchTask(cfg, load_dwi_subjects(cfg.dmri, use_t1), use_t1,
+                               getattr(model, "t1_mode", None))
     from mrisr.training.slices import SlicePairs, SlicePatchTask
     needs_ref = bool(getattr(model, "use_reference", False))
     pairs = SlicePairs.load(cfg.data, need_reference=needs_ref)
@@ -45,7 +54,7 @@ def train(cfg: TrainConfig, resume: Optional[str] = None,
         model = create_model(cfg.model.name, **cfg.model.args)
         task = build_task(cfg, model)
         manifest_digest = None
-        if cfg.data.dataset.kind != "phantom":
+        if cfg.task == "slices2d" and cfg.data.dataset.kind != "phantom":
             from mrisr.data.datasets import resolve_manifest
             manifest_digest = resolve_manifest(cfg.data.dataset).digest()
         trainer = Trainer(cfg, task, model, device, info,

@@ -79,6 +79,71 @@ class DataConfig:
 
 
 @dataclass
+class DwiFiles:
+    """One diffusion subject on disk: the series (with ``.bval``/``.bvec`` beside it unless
+    given) and its T1w image (optional for models without T1w)."""
+
+    dwi: str
+    t1: Optional[str] = None
+    bval: Optional[str] = None
+    bvec: Optional[str] = None
+
+
+@dataclass
+class DmriDataConfig:
+    """3D diffusion training (``task: dmri3d``, CSR-dMRI Sec. 3.1).
+
+    kind: ``phantom`` (the embedded DWI phantom, ``phantom_*`` settings) or ``files``
+        (``subjects``). bvalue, tolerance: the shell kept (divided by the mean b=0).
+    register: rigidly register each T1w to the mean b=0 (dipy) before placing it on the DWI
+        grid. holdout_axis, holdout_fraction: the slab at the high end of that axis that no
+        training patch touches (for evaluation on a single subject).
+    lr_patch: LR patch size (the paper: 10); the HR patch is ``round(lr_patch * s)`` per axis
+        with ``s ~ U(scale_range)`` drawn per step (per axis with ``per_axis``).
+    queries: HR voxels decoded per patch; 0 = all (needed by the frequency loss).
+    frequency_weight: lambda of ``L1 + lambda * mean |FFT(pred) - FFT(hr)|`` (paper 0.01). The
+        ``loss`` section configures the 2D task only; for this task the phase's ``steps`` and
+        ``lr`` apply, its scale and reference settings do not.
+    """
+
+    kind: str = "phantom"
+    subjects: list[DwiFiles] = field(default_factory=list)
+    phantom_shape: list[int] = field(default_factory=lambda: [48, 56, 40])
+    phantom_voxel_size: list[float] = field(default_factory=lambda: [2.5, 2.5, 2.5])
+    phantom_seed: int = 0
+    phantom_noise: float = 0.0
+    bvalue: float = 1000.0
+    tolerance: float = 100.0
+    register: bool = False
+    holdout_axis: int = 2
+    holdout_fraction: float = 0.25
+    lr_patch: int = 10
+    scale_range: list[float] = field(default_factory=lambda: [2.0, 3.0])
+    per_axis: bool = False
+    queries: int = 0
+    frequency_weight: float = 0.01
+
+    def validate(self, source: str) -> None:
+        if self.kind not in ("phantom", "files"):
+            raise ConfigError(f"{source}: dmri.kind must be phantom or files, got '{self.kind}'")
+        if self.kind == "files" and not self.subjects:
+            raise ConfigError(f"{source}: dmri.subjects is required for kind 'files'")
+        if self.holdout_axis not in (0, 1, 2) or not 0 <= self.holdout_fraction < 1:
+            raise ConfigError(f"{source}: dmri.holdout_axis must be 0, 1 or 2 and "
+                              "dmri.holdout_fraction in [0, 1)")
+        if self.lr_patch < 2:
+            raise ConfigError(f"{source}: dmri.lr_patch must be at least 2")
+        if len(self.scale_range) != 2 or not 1.0 <= self.scale_range[0] <= self.scale_range[1]:
+            raise ConfigError(f"{source}: dmri.scale_range must be [min, max] with "
+                              "1 <= min <= max")
+        if self.queries < 0 or self.frequency_weight < 0:
+            raise ConfigError(f"{source}: dmri.queries and dmri.frequency_weight must be >= 0")
+        if self.queries and self.frequency_weight:
+            raise ConfigError(f"{source}: dmri.frequency_weight needs the whole HR patch; set "
+                              "dmri.queries to 0 or the weight to 0")
+
+
+@dataclass
 class LossConfig:
     kspace_weight: float = 0.05
     kspace_mask: str = "unseen"
@@ -132,6 +197,10 @@ class RunConfig:
     tensorboard: bool = False
 
 
+#: Training tasks: 2D slices (Dual-ArbNet, LIIF) and 3D diffusion patches (CSR-dMRI family).
+TASKS = ("slices2d", "dmri3d")
+
+
 @dataclass
 class TrainConfig:
     model: ModelSpec = field(default_factory=ModelSpec)
@@ -142,6 +211,8 @@ class TrainConfig:
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     run: RunConfig = field(default_factory=RunConfig)
     output: str = "runs/train"
+    task: str = "slices2d"
+    dmri: DmriDataConfig = field(default_factory=DmriDataConfig)
 
     @property
     def total_steps(self) -> int:
@@ -159,3 +230,9 @@ class TrainConfig:
     def validate(self, source: str) -> None:
         if not self.curriculum:
             raise ConfigError(f"{source}: curriculum needs at least one phase")
+        if self.task not in TASKS:
+            raise ConfigError(f"{source}: task must be one of {', '.join(TASKS)}, "
+                              f"got '{self.task}'")
+        if self.task == "dmri3d" and self.validation.every:
+            raise ConfigError(f"{source}: validation.every runs the 2D slice evaluation; set it "
+                              "to 0 for task dmri3d")

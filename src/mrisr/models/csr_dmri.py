@@ -1,0 +1,307 @@
+"""CSR-dMRI (Wu et al., MICCAI 2024) and its family: 3D arbitrary-scale SR of diffusion MRI
+guided by a T1w image, with ArSSR's decoder and a no-INR baseline as options.
+
+Structure (paper Sec. 2.2): a 3D RDN (:class:`~mrisr.models.rdn.RDN` with ``dims=3``,
+upsampler removed, 128 output channels) encodes the LR diffusion-weighted volume and the T1w
+image stacked as two channels on the LR grid; each query point reads the feature map by
+trilinear interpolation (:func:`~mrisr.models.query.sample_points`); an implicit function of 8
+fully connected ReLU layers takes ``cat(coordinate, feature)`` with a residual from its input
+to the output of the 4th ReLU, and a last linear layer gives the intensity.
+
+Options, for the paper's comparisons:
+
+* ``use_t1=False``: 1-channel encoder (Table 2's M1; with ``decoder="arssr"`` this is ArSSR).
+* ``decoder="arssr"``: ArSSR's decoder (two 4-layer ReLU stages of width 256; the first ends
+  with a projection back to the input width, the second takes input + first stage's output).
+* ``decoder="baseline"``: no implicit representation (Table 2's Baseline): the trilinearly
+  upsampled features through a pointwise (1x1x1 conv) head, no coordinates.
+* ``t1_mode="own_resolution"``: the T1w stays on its own (finer) grid, is encoded by a second
+  1-channel RDN and read at the same world points (the "dual-arbitrary" setting).
+
+Tensors: volumes ``(B, 1, X, Y, Z)`` (attenuations / scaled T1w, about [0, 1]); queries as a
+:class:`PointQuery`; outputs ``(B, 1, P)`` for point sets and ``(B, 1, *out_shape)`` for grids.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Iterator, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from mrisr.models.query import sample_points
+from mrisr.models.rdn import RDN
+
+__all__ = ["PointQuery", "VolumeFeatures", "CSRdMRI", "ArSSR", "ImplicitFunction",
+           "ArSSRDecoder", "PointwiseHead", "grid_point_query", "iter_grid_queries"]
+
+
+@dataclass
+class PointQuery:
+    """Where to decode: ``P`` points per batch item.
+
+    points: ``(B, P, 3)`` continuous voxel indices on the LR grid (array axis order; voxel
+        ``i``'s centre is at ``i``, see :mod:`mrisr.models.query`).
+    coords: ``(B, P, 3)`` the points' normalised coordinates in ``[-1, 1]`` on the output grid
+        being decoded (the whole volume at inference, the HR patch in training).
+    t1_points: ``(B, P, 3)`` the same points as continuous voxel indices on the T1w's own grid
+        (only for ``t1_mode="own_resolution"``).
+    A batch dimension of 1 is broadcast over the batch.
+    """
+
+    points: torch.Tensor
+    coords: torch.Tensor
+    t1_points: Optional[torch.Tensor] = None
+
+    def __len__(self) -> int:
+        return int(self.points.shape[1])
+
+    def chunk(self, start: int, stop: int) -> "PointQuery":
+        """The points ``start .. stop-1``."""
+        t1 = self.t1_points[:, start:stop] if self.t1_points is not None else None
+        return PointQuery(self.points[:, start:stop], self.coords[:, start:stop], t1)
+
+    def to(self, device) -> "PointQuery":
+        t1 = self.t1_points.to(device) if self.t1_points is not None else None
+        return PointQuery(self.points.to(device), self.coords.to(device), t1)
+
+
+def _grid_indices(shape: Sequence[int], start: int, stop: int, device=None) -> torch.Tensor:
+    """Array indices ``(stop - start, 3)`` of the flat (C-order) voxels ``start .. stop-1``."""
+    flat = torch.arange(start, stop, device=device, dtype=torch.int64)
+    idx = []
+    for n in reversed(shape):
+        idx.append(flat % n)
+        flat = torch.div(flat, n, rounding_mode="floor")
+    return torch.stack(idx[::-1], dim=-1)
+
+
+def grid_point_query(lr_shape: Sequence[int], out_shape: Sequence[int], start: int = 0,
+                     stop: Optional[int] = None, t1_shape: Optional[Sequence[int]] = None,
+                     device=None, dtype=torch.float32) -> PointQuery:
+    """Query for the flat (C-order) voxels ``start .. stop-1`` of an ``out_shape`` grid covering
+    the same field of view as the ``lr_shape`` grid (and the ``t1_shape`` grid), following the
+    FOV-preserving convention of :mod:`mrisr.grid`. Batch dimension 1."""
+    stop = int(np.prod(out_shape)) if stop is None else stop
+    idx = _grid_indices(out_shape, start, stop, device).to(torch.float64)
+    out = torch.tensor(list(out_shape), dtype=torch.float64, device=device)
+
+    def positions(shape):
+        n = torch.tensor(list(shape), dtype=torch.float64, device=device)
+        return ((idx + 0.5) * (n / out) - 0.5).to(dtype)[None]
+    coords = ((2 * idx + 1) / out - 1).to(dtype)[None]
+    return PointQuery(positions(lr_shape), coords,
+                      positions(t1_shape) if t1_shape is not None else None)
+
+
+def iter_grid_queries(lr_shape: Sequence[int], out_shape: Sequence[int], chunk: int,
+                      t1_shape: Optional[Sequence[int]] = None, device=None
+                      ) -> Iterator[tuple[int, int, PointQuery]]:
+    """``(start, stop, query)`` over a whole output grid, ``chunk`` voxels at a time, so that
+    neither the query nor the decoder's activations of a large grid are held at once."""
+    total = int(np.prod(out_shape))
+    for start in range(0, total, chunk):
+        stop = min(start + chunk, total)
+        yield start, stop, grid_point_query(lr_shape, out_shape, start, stop, t1_shape, device)
+
+
+@dataclass
+class VolumeFeatures:
+    """Encoder output: ``dwi`` features ``(B, F, *lr_shape)`` and, with
+    ``t1_mode="own_resolution"``, the T1w's ``(B, F, *t1_shape)``."""
+
+    dwi: torch.Tensor
+    t1: Optional[torch.Tensor] = None
+
+
+class ImplicitFunction(nn.Module):
+    """CSR-dMRI's implicit function: ``n_layers`` Linear+ReLU of width ``hidden``, the input
+    (projected when its width differs) added to the output of ReLU number ``skip_at``, then a
+    linear layer to ``out_channels``. ``(..., in_features) -> (..., out_channels)``."""
+
+    def __init__(self, in_features: int, hidden: int = 256, n_layers: int = 8, skip_at: int = 4,
+                 out_channels: int = 1):
+        super().__init__()
+        if not 1 <= skip_at <= n_layers:
+            raise ValueError(f"skip_at must be in 1..{n_layers}, got {skip_at}")
+        widths = [in_features] + [hidden] * n_layers
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.skip = nn.Identity() if in_features == hidden else \
+            nn.Linear(in_features, hidden, bias=False)
+        self.skip_at = skip_at
+        self.out = nn.Linear(hidden, out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x
+        for i, layer in enumerate(self.layers, start=1):
+            h = torch.relu(layer(h))
+            if i == self.skip_at:
+                h = h + self.skip(x)
+        return self.out(h)
+
+
+class ArSSRDecoder(nn.Module):
+    """ArSSR's decoder: stage one maps the input through ``depth`` ReLU layers back to the
+    input width; stage two decodes ``input + stage_one(input)`` with ``depth`` layers, the last
+    one linear. ``(..., in_features) -> (..., out_channels)``."""
+
+    def __init__(self, in_features: int, hidden: int = 256, depth: int = 4,
+                 out_channels: int = 1):
+        super().__init__()
+        if depth < 2:
+            raise ValueError(f"ArSSR decoder depth must be at least 2, got {depth}")
+
+        def stage(out_width: int, final_relu: bool) -> nn.Sequential:
+            widths = [in_features] + [hidden] * (depth - 1) + [out_width]
+            layers: list[nn.Module] = []
+            for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+                layers.append(nn.Linear(a, b))
+                if i < depth - 1 or final_relu:
+                    layers.append(nn.ReLU(inplace=True))
+            return nn.Sequential(*layers)
+        self.stage_one = stage(in_features, final_relu=True)
+        self.stage_two = stage(out_channels, final_relu=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stage_two(x + self.stage_one(x))
+
+
+class PointwiseHead(nn.Module):
+    """The no-INR baseline's head: 1x1x1 convolutions (pointwise linear layers with ReLU in
+    between) on the upsampled features. ``(..., in_features) -> (..., out_channels)``."""
+
+    def __init__(self, in_features: int, hidden: int = 64, n_layers: int = 2,
+                 out_channels: int = 1):
+        super().__init__()
+        widths = [in_features] + [hidden] * (n_layers - 1) + [out_channels]
+        layers: list[nn.Module] = []
+        for i, (a, b) in enumerate(zip(widths[:-1], widths[1:])):
+            if i:
+                layers.append(nn.ReLU(inplace=True))
+            layers.append(nn.Linear(a, b))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class CSRdMRI(nn.Module):
+    """CSR-dMRI and its ablations (see the module docstring).
+
+    Args:
+        G0, D, C, G: RDN width, dense blocks, convs per block, growth (ArSSR's RDN: 64, 8, 3,
+            64).
+        feature_channels: encoder output channels (the paper: 128).
+        hidden: decoder width (256 in the paper and ArSSR).
+        n_layers, skip_at: CSR decoder depth and the ReLU that receives the input residual.
+        use_t1: encode the T1w image too (2 input channels on the LR grid).
+        use_coord: feed the normalised output coordinate to the decoder.
+        decoder: ``csr``, ``arssr`` or ``baseline``.
+        t1_mode: ``lr_channel`` (the paper: T1w degraded to the LR grid, stacked as channel 2)
+            or ``own_resolution`` (T1w on its own grid, second encoder).
+        chunk: query points per decoder call in :meth:`decode_grid`.
+    """
+
+    in_channels = 1
+    dims = 3
+
+    def __init__(self, G0: int = 64, D: int = 8, C: int = 3, G: int = 64,
+                 feature_channels: int = 128, hidden: int = 256, n_layers: int = 8,
+                 skip_at: int = 4, use_t1: bool = True, use_coord: bool = True,
+                 decoder: str = "csr", t1_mode: str = "lr_channel", chunk: int = 2 ** 16):
+        super().__init__()
+        if decoder not in ("csr", "arssr", "baseline"):
+            raise ValueError(f"decoder must be csr, arssr or baseline, got {decoder!r}")
+        if t1_mode not in ("lr_channel", "own_resolution"):
+            raise ValueError(f"t1_mode must be lr_channel or own_resolution, got {t1_mode!r}")
+        self.use_t1 = use_t1
+        self.t1_mode = t1_mode if use_t1 else None
+        # The baseline has no implicit function, hence no coordinate input.
+        self.use_coord = use_coord and decoder != "baseline"
+        self.decoder_kind = decoder
+        self.chunk = chunk
+        stacked = use_t1 and t1_mode == "lr_channel"
+        self.encoder = RDN(2 if stacked else 1, G0, D, C, G, out_channels=feature_channels,
+                           dims=3)
+        self.t1_encoder = RDN(1, G0, D, C, G, out_channels=feature_channels, dims=3) \
+            if use_t1 and t1_mode == "own_resolution" else None
+        width = feature_channels * (2 if self.t1_encoder is not None else 1) + \
+            (3 if self.use_coord else 0)
+        if decoder == "csr":
+            self.decoder = ImplicitFunction(width, hidden, n_layers, skip_at)
+        elif decoder == "arssr":
+            self.decoder = ArSSRDecoder(width, hidden)
+        else:
+            self.decoder = PointwiseHead(width, hidden)
+
+    @property
+    def use_reference(self) -> bool:
+        """Whether a T1w image must be passed (the generic name the training code reads)."""
+        return self.use_t1
+
+    # -- encoder -------------------------------------------------------------------------
+    def encode(self, lr: torch.Tensor, reference: Optional[torch.Tensor] = None
+               ) -> VolumeFeatures:
+        """Encode the LR volume ``(B, 1, x, y, z)`` and the T1w ``reference``: ``(B, 1, x, y, z)``
+        on the LR grid (``lr_channel``) or ``(B, 1, *t1_shape)`` (``own_resolution``)."""
+        if not self.use_t1:
+            return VolumeFeatures(self.encoder(lr))
+        if reference is None:
+            raise ValueError("this CSR-dMRI model needs a T1w reference image")
+        if self.t1_mode == "lr_channel":
+            if reference.shape[2:] != lr.shape[2:]:
+                raise ValueError(f"T1w of shape {tuple(reference.shape[2:])} is not on the LR "
+                                 f"grid {tuple(lr.shape[2:])}")
+            return VolumeFeatures(self.encoder(torch.cat([lr, reference], dim=1)))
+        return VolumeFeatures(self.encoder(lr), self.t1_encoder(reference))
+
+    # -- decoder -------------------------------------------------------------------------
+    def decode(self, features: VolumeFeatures, query: PointQuery) -> torch.Tensor:
+        """Intensities at the query points: ``(B, 1, P)``."""
+        b = features.dwi.shape[0]
+        points = query.points.expand(b, -1, -1)
+        parts = []
+        if self.use_coord:
+            parts.append(query.coords.expand(b, -1, -1).to(features.dwi.dtype))
+        parts.append(sample_points(features.dwi, points))
+        if features.t1 is not None:
+            if query.t1_points is None:
+                raise ValueError("t1_mode='own_resolution' needs query.t1_points")
+            parts.append(sample_points(features.t1, query.t1_points.expand(b, -1, -1)))
+        return self.decoder(torch.cat(parts, dim=-1)).transpose(1, 2)
+
+    def decode_grid(self, features: VolumeFeatures, out_shape: Sequence[int],
+                    chunk: Optional[int] = None) -> torch.Tensor:
+        """Decode every voxel of ``out_shape`` (same FOV as the LR grid), ``chunk`` points at a
+        time: ``(B, 1, *out_shape)``."""
+        chunk = chunk or self.chunk
+        b = features.dwi.shape[0]
+        out_shape = tuple(int(n) for n in out_shape)
+        out = features.dwi.new_empty((b, 1, int(np.prod(out_shape))))
+        t1_shape = features.t1.shape[2:] if features.t1 is not None else None
+        for start, stop, query in iter_grid_queries(features.dwi.shape[2:], out_shape, chunk,
+                                                    t1_shape, features.dwi.device):
+            out[:, :, start:stop] = self.decode(features, query)
+        return out.reshape(b, 1, *out_shape)
+
+    def forward(self, lr: torch.Tensor, reference: Optional[torch.Tensor],
+                query: Union[PointQuery, Sequence[int]]) -> torch.Tensor:
+        """``query``: a :class:`PointQuery` (returns ``(B, 1, P)``) or an output shape (returns
+        the whole grid ``(B, 1, *shape)``)."""
+        features = self.encode(lr, reference)
+        if isinstance(query, PointQuery):
+            return self.decode(features, query)
+        return self.decode_grid(features, query)
+
+
+class ArSSR(CSRdMRI):
+    """ArSSR (Wu et al., JBHI 2022) as the single-contrast member of the family: RDN encoder
+    (G0 = G = 64, D = 8, C = 3, 128 features), ArSSR decoder, no T1w."""
+
+    def __init__(self, G0: int = 64, D: int = 8, C: int = 3, G: int = 64,
+                 feature_channels: int = 128, hidden: int = 256, use_coord: bool = True,
+                 chunk: int = 2 ** 16):
+        super().__init__(G0, D, C, G, feature_channels, hidden, use_t1=False,
+                         use_coord=use_coord, decoder="arssr", chunk=chunk)

@@ -1,0 +1,182 @@
+"""3D training patches for the CSR-dMRI family (``task: dmri3d``), the volumetric counterpart of
+:mod:`mrisr.training.slices`.
+
+Per step (deterministic from ``(run.seed, step)``): one scale ``s ~ U(scale_range)`` (or one per
+axis) shared by the batch, so the HR patches stack; per sample a subject, one shell volume and a
+brain voxel around which an HR patch of ``round(lr_patch * s)`` voxels per axis is cropped from
+the training region. The LR patch (``lr_patch`` voxels per axis) is the cubic B-spline
+downsampling of the HR patch (the paper's "bicubic"; ``spline_resize(order=3)``), and so is the
+T1w patch stacked as the second channel. The queries are the HR voxels (all of them by default,
+so the 3D frequency loss sees the whole patch). Rank ``r`` of ``w`` builds samples ``r::w``.
+
+Each subject's volume is split into a training region and a held-out slab at the high end of
+``dmri.holdout_axis``: with one subject per scanner, evaluation happens on the slab.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import numpy as np
+import torch
+
+from mrisr.data.dwi import DwiSubject
+from mrisr.degradation import spline_resize
+from mrisr.errors import InputError
+from mrisr.models.csr_dmri import PointQuery, grid_point_query
+from mrisr.training.config import DmriDataConfig, TrainConfig
+from mrisr.training.losses import sr_loss
+
+
+def split_slab(shape, axis: int, fraction: float) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """``(train, held_out)`` index tuples of a 3D ``shape``: the last ``round(fraction * n)``
+    voxels along ``axis`` are held out. A contiguous slab, so that no training patch, whatever
+    its size, overlaps the test voxels."""
+    n = int(shape[axis])
+    n_hold = int(round(fraction * n))
+    train = [slice(0, int(m)) for m in shape[:3]]
+    held = list(train)
+    train[axis] = slice(0, n - n_hold)
+    held[axis] = slice(n - n_hold, n)
+    return tuple(train), tuple(held)
+
+
+def load_dwi_subjects(d: DmriDataConfig, use_t1: bool = True) -> list[DwiSubject]:
+    """The training subjects of a ``dmri`` config section (the T1w only when ``use_t1``)."""
+    from mrisr.data.dwi import load_dwi_subject, phantom_dwi_subject
+
+    if d.kind == "phantom":
+        from mrisr.data.phantom import make_dwi_phantom
+        phantom = make_dwi_phantom(tuple(d.phantom_shape), tuple(d.phantom_voxel_size),
+                                   bvalue=d.bvalue, seed=d.phantom_seed, noise=d.phantom_noise)
+        return [phantom_dwi_subject(phantom, d.bvalue, d.tolerance,
+                                    name=f"phantom-seed{d.phantom_seed}")]
+    subjects = []
+    for files in d.subjects:
+        if use_t1 and not files.t1:
+            raise InputError(f"{files.dwi}: the model uses a T1w image but dmri.subjects gives "
+                             "none for this series")
+        subjects.append(load_dwi_subject(files.dwi, files.t1 if use_t1 else None, d.bvalue,
+                                         d.tolerance, d.register, files.bval, files.bvec))
+    return subjects
+
+
+class VolumePatchTask:
+    """Batches and loss of 3D diffusion training (see the module docstring).
+
+    Args:
+        cfg: the training config (``cfg.dmri`` and ``cfg.optim.batch_size`` are used).
+        subjects: the training subjects (their T1w is required with ``use_t1``).
+        use_t1: pass the T1w patch as the model's reference.
+        t1_mode: ``lr_channel`` (T1w degraded like the DWI, on the LR grid) or
+            ``own_resolution`` (the T1w at the HR patch's resolution, with its own query
+            positions).
+    """
+
+    n_spatial = 3
+
+    def __init__(self, cfg: TrainConfig, subjects: list[DwiSubject], use_t1: bool = True,
+                 t1_mode: Optional[str] = "lr_channel"):
+        self.cfg = cfg
+        self.d = cfg.dmri
+        self.subjects = subjects
+        self.use_t1 = use_t1
+        self.t1_mode = t1_mode or "lr_channel"
+        if not subjects:
+            raise InputError("dmri training: no subjects")
+        largest = int(round(self.d.lr_patch * self.d.scale_range[1]))
+        self.regions, self.centres = [], []
+        for s in subjects:
+            if use_t1 and s.t1 is None:
+                raise InputError(f"subject {s.name}: the model uses a T1w image, none loaded")
+            train, _ = split_slab(s.shape, self.d.holdout_axis, self.d.holdout_fraction)
+            extent = [r.stop - r.start for r in train]
+            if min(extent) < largest:
+                raise InputError(f"subject {s.name}: training region {tuple(extent)} is smaller "
+                                 f"than the largest HR patch ({largest} voxels); lower "
+                                 "dmri.lr_patch, dmri.scale_range or dmri.holdout_fraction")
+            centres = np.argwhere(s.mask[train])
+            if len(centres) == 0:
+                raise InputError(f"subject {s.name}: no brain voxel in the training region")
+            self.regions.append(train)
+            self.centres.append(centres)
+
+    def describe_data(self) -> dict:
+        return {"task": "dmri3d", "dataset": self.d.kind,
+                "subjects": [s.name for s in self.subjects],
+                "files": [f.dwi for f in self.d.subjects] if self.d.kind == "files" else [],
+                "volumes": [int(s.shell.shape[3]) for s in self.subjects],
+                "bvalue": self.d.bvalue,
+                "holdout": {"axis": self.d.holdout_axis, "fraction": self.d.holdout_fraction}}
+
+    def _plan(self, step: int):
+        rng = np.random.default_rng([self.cfg.run.seed, step])
+        lo, hi = self.d.scale_range
+        drawn = rng.uniform(lo, hi, size=3 if self.d.per_axis else 1)
+        hr_shape = tuple(int(round(self.d.lr_patch * s)) for s in np.broadcast_to(drawn, 3))
+        samples = []
+        for _ in range(self.cfg.optim.batch_size):
+            i = int(rng.integers(len(self.subjects)))
+            samples.append((i, int(rng.integers(self.subjects[i].shell.shape[3])),
+                            float(rng.random()), int(rng.integers(2 ** 31))))
+        return hr_shape, samples
+
+    def batch(self, step: int, rank: int = 0, world: int = 1) -> dict:
+        hr_shape, samples = self._plan(step)
+        if len(samples) % world:
+            raise InputError(f"batch size {len(samples)} is not divisible by {world} processes")
+        lr_shape = (self.d.lr_patch,) * 3
+        own = self.use_t1 and self.t1_mode == "own_resolution"
+        grid = grid_point_query(lr_shape, hr_shape, t1_shape=hr_shape if own else None)
+        items = [self._sample(plan, hr_shape, grid) for plan in samples[rank::world]]
+        out = {key: torch.from_numpy(np.stack([it[key] for it in items])) for key in items[0]}
+        if not self.d.queries:
+            # Every sample queries the whole HR grid: one shared (batch 1) query.
+            out["points"], out["coords"] = grid.points, grid.coords
+            if own:
+                out["t1_points"] = grid.t1_points
+        out["scale"] = float(np.prod(np.divide(hr_shape, lr_shape)) ** (1 / 3))
+        out["scales"] = torch.tensor(np.divide(hr_shape, lr_shape))
+        out["ref_kind"] = self.t1_mode if self.use_t1 else "none"
+        out["hr_shape"], out["lr_shape"] = hr_shape, lr_shape
+        return out
+
+    def _sample(self, plan, hr_shape, grid: PointQuery) -> dict:
+        index, volume, u, query_seed = plan
+        s = self.subjects[index]
+        region, centres = self.regions[index], self.centres[index]
+        centre = centres[int(u * len(centres)) % len(centres)] + [r.start for r in region]
+        size = np.array(hr_shape)
+        lo = np.array([r.start for r in region])
+        hi = np.array([r.stop for r in region]) - size
+        origin = np.clip(centre - size // 2, lo, hi)
+        crop = tuple(slice(int(o), int(o + n)) for o, n in zip(origin, size))
+        lr_shape = (self.d.lr_patch,) * 3
+        hr = np.ascontiguousarray(s.shell[crop + (volume,)], dtype=np.float32)
+        item = {"lr": spline_resize(hr, lr_shape, order=3)[None].astype(np.float32),
+                "origin": origin.astype(np.int64), "volume": np.int64(volume)}
+        if self.use_t1:
+            t1 = np.ascontiguousarray(s.t1[crop], dtype=np.float32)
+            ref = t1 if self.t1_mode == "own_resolution" else spline_resize(t1, lr_shape, 3)
+            item["ref"] = ref[None].astype(np.float32)
+        if self.d.queries:
+            pick = np.random.default_rng(query_seed).choice(hr.size, self.d.queries,
+                                                            replace=hr.size < self.d.queries)
+            item["hr"] = hr.reshape(1, -1)[:, pick]
+            item["points"] = grid.points[0, pick].numpy()
+            item["coords"] = grid.coords[0, pick].numpy()
+            if grid.t1_points is not None:
+                item["t1_points"] = grid.t1_points[0, pick].numpy()
+        else:
+            item["hr"] = hr[None]
+        return item
+
+    @staticmethod
+    def query(batch: dict) -> PointQuery:
+        return PointQuery(batch["points"], batch["coords"], batch.get("t1_points"))
+
+    def loss(self, model, batch: dict):
+        """``L1 + frequency_weight * mean |FFT(pred) - FFT(hr)|`` over the HR patch (3D)."""
+        pred = model(batch["lr"], batch.get("ref"), self.query(batch))
+        target = batch["hr"]
+        weight = 0.0 if self.d.queries else self.d.frequency_weight
+        return sr_loss(pred.reshape(target.shape), target, 3, weight, None, "all", "l1")

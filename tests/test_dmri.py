@@ -1,0 +1,333 @@
+"""3D diffusion SR (CSR-dMRI family): data pipeline, models, training task, tensor fidelity."""
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from scipy.spatial.transform import Rotation
+
+from mrisr.config import from_dict
+from mrisr.data.dwi import (b0_indices, brain_mask, denormalise, load_dwi_subject,
+                            normalise_by_b0, phantom_dwi_subject, place_t1_on_dwi_grid,
+                            select_shell)
+from mrisr.data.phantom import make_brain_phantom, make_dwi_phantom
+from mrisr.degradation import spline_resize
+from mrisr.errors import ConfigError, InputError
+from mrisr.evaluation.diffusion import evaluate_dwi_volume, fit_tensors, tensor_fidelity
+from mrisr.grid import make_coord
+from mrisr.io.nifti import Volume
+from mrisr.models import create_model, load_checkpoint
+from mrisr.models.csr_dmri import ArSSRDecoder, grid_point_query
+from mrisr.models.query import grid_positions, sample_points
+from mrisr.resample import resample_to_grid
+from mrisr.training import build_task, train
+from mrisr.training.config import TrainConfig
+
+from conftest import shared_dataset
+
+SHAPE, VOXEL = (32, 36, 28), 3.0
+TINY_3D = {"G0": 8, "D": 1, "C": 2, "G": 8, "feature_channels": 8, "hidden": 16}
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_dwi_phantom(SHAPE, (VOXEL,) * 3, n_directions=12)
+
+
+def corr(a, b, mask):
+    return float(np.corrcoef(a[mask], b[mask])[0, 1])
+
+
+def dmri_config(tmp_path=None, model=None, **dmri) -> TrainConfig:
+    base = {"task": "dmri3d",
+            "model": model or {"name": "csr_dmri", "args": TINY_3D},
+            "dmri": {"phantom_shape": [28, 32, 28], "phantom_voxel_size": [4, 4, 4],
+                     "lr_patch": 5, "scale_range": [2, 3], **dmri},
+            "curriculum": [{"name": "train", "steps": 3}],
+            "optim": {"batch_size": 2, "lr": 1e-3},
+            "run": {"seed": 1, "threads": 1, "log_every": 1, "checkpoint_every": 100}}
+    if tmp_path is not None:
+        base["output"] = str(tmp_path / "run")
+    return from_dict(TrainConfig, base)
+
+
+def tiny_task(**dmri):
+    cfg = dmri_config(**dmri)
+    torch.manual_seed(0)
+    model = create_model(cfg.model.name, **cfg.model.args)
+    return build_task(cfg, model), model
+
+
+# -- data pipeline -------------------------------------------------------------------------
+
+def test_shell_selection_tolerance_and_missing_shell():
+    bvals = np.array([0, 5, 995, 1005, 1000, 2000, 60])
+    assert b0_indices(bvals).tolist() == [0, 1]
+    assert select_shell(bvals).tolist() == [2, 3, 4]
+    assert select_shell(bvals, 1000, tolerance=4).tolist() == [4]
+    assert select_shell(bvals, 2000).tolist() == [5]
+    assert select_shell(bvals, 0, tolerance=100).tolist() == [6]  # b=0 volumes never count
+    with pytest.raises(InputError, match=r"no b=1000 shell .*present: 0, 2500$"):
+        select_shell(np.array([0.0, 2500, 2495, 5]))
+    with pytest.raises(InputError, match="no b=0 volume"):
+        normalise_by_b0(np.ones((2, 2, 2, 2)), np.array([1000.0, 1000.0]))
+
+
+def test_b0_normalisation_gives_the_attenuation_and_round_trips(phantom):
+    # Two b=0 volumes of different intensity: the divisor is their mean.
+    dwi = np.concatenate([0.9 * phantom.dwi[..., :1], phantom.dwi], axis=-1)
+    bvals = np.concatenate([[0.0], phantom.bvals])
+    norm, mean_b0 = normalise_by_b0(dwi, bvals)
+    np.testing.assert_allclose(mean_b0, 0.95 * phantom.dwi[..., 0], rtol=1e-5, atol=1e-7)
+    assert norm.shape == SHAPE + (12,) and np.isfinite(norm).all()
+    kept = norm.any(axis=-1)
+    assert kept[phantom.brain_mask].all() and not norm[mean_b0 == 0].any()
+    # Noise-free phantom: S_b / S_0 = exp(-b g^T D g) / 0.95 exactly in every kept voxel.
+    g = phantom.bvecs[:, 1:]
+    adc = np.einsum("in,xyzij,jn->xyzn", g, phantom.tensors.astype(np.float64), g)
+    np.testing.assert_allclose(norm[kept], np.exp(-1000.0 * adc[kept]) / 0.95, rtol=1e-4)
+    back = denormalise(norm, mean_b0)
+    np.testing.assert_allclose(back[kept], dwi[..., 2:][kept], rtol=1e-5, atol=1e-7)
+    masked, _ = normalise_by_b0(dwi, bvals, mask=phantom.brain_mask, clip=0.5)
+    assert not masked[~phantom.brain_mask].any() and masked.max() <= 0.5
+
+
+def test_brain_mask_from_the_mean_b0(phantom):
+    b0 = phantom.dwi[..., 0]
+    for method in ("threshold", "median_otsu"):
+        if method == "median_otsu":
+            pytest.importorskip("dipy.segment.mask")
+        mask = brain_mask(b0, method)
+        dice = 2 * (mask & phantom.brain_mask).sum() / (mask.sum() + phantom.brain_mask.sum())
+        assert dice > 0.9, method
+    with pytest.raises(InputError, match="unknown brain mask method"):
+        brain_mask(b0, "bet")
+
+
+def _oblique_t1(phantom, shift=(0.0, 0.0, 0.0)):
+    """The phantom's T1w at half the DWI voxel size on a rotated, shifted grid (header shifted
+    by ``shift`` mm more than the data)."""
+    fine = make_brain_phantom(tuple(2 * n for n in SHAPE), (VOXEL / 2,) * 3, noise=0.0)
+    affine = np.eye(4)
+    affine[:3, :3] = Rotation.from_euler("xyz", [8, -5, 12], degrees=True).as_matrix() * \
+        (VOXEL / 2)
+    shape = (72, 80, 64)
+    affine[:3, 3] = np.array([2.0, -3.0, 1.5]) - affine[:3, :3] @ ((np.array(shape) - 1) / 2)
+    data, _ = resample_to_grid(fine.t1w, fine.affine, affine, shape)
+    affine[:3, 3] += shift
+    return Volume(data, affine)
+
+
+def test_t1_is_placed_on_the_dwi_grid_through_the_affines(phantom):
+    t1 = _oblique_t1(phantom)
+    placed = place_t1_on_dwi_grid(t1, phantom.affine, phantom.dwi.shape)
+    brain = phantom.brain_mask
+    assert placed.data.shape == SHAPE and placed.coverage[brain].all()
+    np.testing.assert_array_equal(placed.transform, np.eye(4))
+    # The phantom's own DWI-grid T1w is the truth; resizing the array while ignoring the
+    # affines (rotation, shift) is far off.
+    assert corr(placed.data, phantom.t1w, brain) > 0.97
+    assert corr(spline_resize(t1.data, SHAPE), phantom.t1w, brain) < 0.9
+
+
+def test_rigid_registration_recovers_a_header_translation(phantom):
+    pytest.importorskip("dipy.align")
+    shift = np.array([3.0, -2.0, 1.5])
+    t1 = _oblique_t1(phantom, shift)
+    _, mean_b0 = normalise_by_b0(phantom.dwi, phantom.bvals)
+    assert corr(place_t1_on_dwi_grid(t1, phantom.affine, SHAPE).data, phantom.t1w,
+                phantom.brain_mask) < 0.9
+    placed = place_t1_on_dwi_grid(t1, phantom.affine, SHAPE, register=True, static=mean_b0)
+    np.testing.assert_allclose(placed.transform[:3, 3], shift, atol=0.4)
+    np.testing.assert_allclose(placed.transform[:3, :3], np.eye(3), atol=0.01)
+    assert corr(placed.data, phantom.t1w, phantom.brain_mask) > 0.97
+    with pytest.raises(InputError, match="static image"):
+        place_t1_on_dwi_grid(t1, phantom.affine, SHAPE, register=True)
+
+
+# -- models --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("args,t1_shape", [
+    ({}, "lr"), ({"decoder": "arssr"}, "lr"), ({"decoder": "baseline", "use_t1": False}, None),
+    ({"use_t1": False}, None), ({"t1_mode": "own_resolution"}, "hr")])
+def test_family_shapes_and_chunked_grid_decode(args, t1_shape):
+    torch.manual_seed(0)
+    model = create_model("csr_dmri", **TINY_3D, **args).eval()
+    lr_shape, out_shape = (5, 6, 4), (11, 13, 9)
+    lr = torch.rand(2, 1, *lr_shape)
+    ref = {"lr": torch.rand(2, 1, *lr_shape), "hr": torch.rand(2, 1, *out_shape),
+           None: None}[t1_shape]
+    own = t1_shape == "hr"
+    with torch.no_grad():
+        feats = model.encode(lr, ref)
+        whole = model.decode_grid(feats, out_shape, chunk=10 ** 6)
+        assert whole.shape == (2, 1, *out_shape)
+        torch.testing.assert_close(model.decode_grid(feats, out_shape, chunk=37), whole)
+        query = grid_point_query(lr_shape, out_shape, t1_shape=out_shape if own else None)
+        points = model(lr, ref, query)
+        assert points.shape == (2, 1, int(np.prod(out_shape)))
+        torch.testing.assert_close(points.reshape(whole.shape), whole)
+        moved = model.decode(feats, type(query)(query.points, -query.coords, query.t1_points))
+    # The implicit decoders read the output coordinate; the no-INR baseline does not.
+    assert torch.equal(moved, points) == (args.get("decoder") == "baseline")
+    if model.use_t1:
+        with pytest.raises(ValueError, match="needs a T1w"):
+            model(lr, None, out_shape)
+
+
+def test_grid_point_query_follows_the_grid_convention():
+    lr_shape, out_shape = (5, 6, 4), (11, 13, 9)
+    query = grid_point_query(lr_shape, out_shape, t1_shape=(22, 26, 18), dtype=torch.float64)
+    axes = [grid_positions(n, m) for n, m in zip(lr_shape, out_shape)]
+    expected = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(1, -1, 3)
+    torch.testing.assert_close(query.points, expected)
+    torch.testing.assert_close(query.coords[0], make_coord(out_shape, torch.float64,
+                                                          flatten=True))
+    torch.testing.assert_close(query.t1_points[0, :, 0].unique(),
+                               grid_positions(22, 11))
+    part = grid_point_query(lr_shape, out_shape, 100, 140, dtype=torch.float64)
+    torch.testing.assert_close(part.points, expected[:, 100:140])
+
+
+def test_family_architectures_follow_the_papers():
+    csr = create_model("csr_dmri_paper")
+    assert csr.encoder.sfe1.in_channels == 2 and csr.encoder.out_channels == 128
+    assert len(csr.decoder.layers) == 8 and csr.decoder.skip_at == 4
+    assert csr.decoder.layers[0].in_features == 131 and csr.decoder.out.out_features == 1
+    assert create_model("csr_dmri_s_m1").encoder.sfe1.in_channels == 1
+    arssr = create_model("arssr_paper")
+    assert not arssr.use_t1 and isinstance(arssr.decoder, ArSSRDecoder)
+    # METHODS.md: ArSSR's decoder has 0.36 M parameters.
+    assert sum(p.numel() for p in arssr.decoder.parameters()) == 364676
+    assert create_model("csr_dmri_s_own").t1_encoder is not None
+    assert create_model("csr_dmri_s_baseline").use_coord is False
+
+
+def test_residual_enters_after_the_fourth_relu():
+    torch.manual_seed(0)
+    dec = create_model("csr_dmri", **{**TINY_3D, "hidden": 11}).decoder
+    x = torch.rand(5, dec.layers[0].in_features)
+    h = x
+    for i, layer in enumerate(dec.layers, start=1):
+        h = torch.relu(layer(h)) + (dec.skip(x) if i == 4 else 0)
+    torch.testing.assert_close(dec(x), dec.out(h))
+
+
+# -- training task -------------------------------------------------------------------------
+
+def test_patches_are_deterministic_consistent_and_stay_out_of_the_holdout():
+    task, _ = tiny_task()
+    a, b = task.batch(3), task.batch(3)
+    for key in ("lr", "hr", "ref", "points", "origin"):
+        torch.testing.assert_close(a[key], b[key])
+    half = task.batch(3, rank=1, world=2)
+    torch.testing.assert_close(half["lr"], a["lr"][1::2])
+    region_stop = 28 - 7  # holdout: the last quarter of axis 2
+    scales = set()
+    for step in range(12):
+        batch = task.batch(step)
+        hr, lr = batch["hr"], batch["lr"]
+        hr_shape = batch["hr_shape"]
+        scales.add(hr_shape)
+        assert lr.shape[2:] == (5, 5, 5) and hr.shape[2:] == hr_shape
+        assert all(10 <= n <= 15 for n in hr_shape) and len(set(hr_shape)) == 1
+        assert 2.0 <= batch["scale"] <= 3.0
+        assert (batch["origin"][:, 2] + hr_shape[2] <= region_stop).all()
+        for i in range(len(hr)):
+            expected = spline_resize(hr[i, 0].numpy(), (5, 5, 5), order=3)
+            np.testing.assert_allclose(lr[i, 0].numpy(), expected, atol=1e-6)
+            assert batch["ref"][i].shape == lr[i].shape
+        # The query points put each HR voxel on the LR patch: trilinear reads of the LR patch
+        # at them fit the HR patch best without a shift.
+        errs = []
+        for d in (-0.5, 0.0, 0.5):
+            pts = (batch["points"] + torch.tensor([d, 0.0, 0.0])).expand(len(lr), -1, -1)
+            up = sample_points(lr, pts).transpose(1, 2).reshape(hr.shape)
+            errs.append(float((up - hr).abs().mean()))
+        assert errs[1] < min(errs[0], errs[2])
+    assert len(scales) > 4
+
+
+def test_per_axis_scales_and_random_queries():
+    task, model = tiny_task(per_axis=True, queries=50, frequency_weight=0.0)
+    shapes = [task.batch(s)["hr_shape"] for s in range(6)]
+    assert any(len(set(s)) > 1 for s in shapes)
+    batch = task.batch(0)
+    assert batch["hr"].shape == (2, 1, 50) and batch["points"].shape == (2, 50, 3)
+    loss, parts = task.loss(model, batch)
+    assert torch.isfinite(loss) and "kloss" not in parts
+
+
+def test_frequency_loss_enters_the_objective():
+    task, model = tiny_task()
+    batch = task.batch(0)
+    loss, parts = task.loss(model, batch)
+    assert parts["kloss"] > 0
+    plain, _ = tiny_task(frequency_weight=0.0)[0].loss(model, batch)
+    torch.testing.assert_close(loss - plain, torch.tensor(0.01 * parts["kloss"]), rtol=1e-4,
+                               atol=1e-7)
+    heavy, _ = tiny_task(frequency_weight=1.0)[0].loss(model, batch)
+    assert float(heavy.detach()) > float(loss.detach())
+
+
+def test_config_errors_are_one_line():
+    with pytest.raises(ConfigError, match="task must be one of slices2d, dmri3d"):
+        from_dict(TrainConfig, {"task": "dmri"})
+    with pytest.raises(ConfigError, match="frequency_weight needs the whole HR patch"):
+        dmri_config(queries=10)
+    with pytest.raises(ConfigError, match="dmri.subjects is required"):
+        dmri_config(kind="files")
+    with pytest.raises(ConfigError, match="missing required key 'dmri.subjects\\[0\\].dwi'"):
+        dmri_config(kind="files", subjects=[{"t1": "t1.nii.gz"}])
+    cfg = dmri_config(model={"name": "liif", "args": {"G0": 8, "D": 1, "C": 2, "G": 8}})
+    with pytest.raises(ConfigError, match="is 2D but task 'dmri3d'"):
+        build_task(cfg, create_model(cfg.model.name, **cfg.model.args))
+    with pytest.raises(InputError, match="smaller than the largest HR patch"):
+        tiny_task(lr_patch=8)
+
+
+def test_csr_dmri_trains_on_the_phantom(tmp_path):
+    final = train(dmri_config(tmp_path), show_progress=False)
+    loaded = load_checkpoint(final)
+    assert loaded.payload["model"]["architecture"] == "csr_dmri"
+    assert loaded.payload["step"] == 3 and loaded.payload["data"]["task"] == "dmri3d"
+    rows = (tmp_path / "run" / "log.csv").read_text().splitlines()
+    assert len(rows) == 4
+    header = rows[0].split(",")
+    assert all(float(r.split(",")[header.index("kloss")]) > 0 for r in rows[1:])
+
+
+# -- evaluation ----------------------------------------------------------------------------
+
+def test_tensor_fidelity_on_the_phantom(phantom):
+    s = phantom_dwi_subject(phantom)
+    maps = fit_tensors(s.shell, s.bvals, s.bvecs, s.mean_b0, s.mask)
+    brain = s.mask
+    np.testing.assert_allclose(maps.fa[brain], phantom.fa[brain], atol=1e-4)
+    same = tensor_fidelity(s.shell, s.shell, s.bvals, s.bvecs, s.mask, s.mean_b0)
+    assert same["fa_mae"] == 0 and same["md_mae"] == 0 and same["angle_mean_deg"] < 1e-3
+    assert same["wm_voxels"] == int(((phantom.fa > 0.2) & brain).sum())
+    blurred = ndimage.gaussian_filter(s.shell, (1, 1, 1, 0)) * brain[..., None]
+    worse = tensor_fidelity(blurred, s.shell, s.bvals, s.bvecs, s.mask, s.mean_b0)
+    assert worse["fa_mae"] > 0.02 and worse["md_mae"] > 1e-5 and worse["angle_mean_deg"] > 0.5
+    scores = evaluate_dwi_volume(blurred, s.shell, brain)
+    assert len(scores["per_volume"]) == 12 and 0 < scores["ssim"] < 1
+    assert scores["psnr"] == pytest.approx(np.mean([r["psnr"] for r in scores["per_volume"]]))
+    assert evaluate_dwi_volume(s.shell, s.shell, brain)["ssim"] == 1.0
+    with pytest.raises(InputError, match="does not match"):
+        tensor_fidelity(blurred[..., :3], s.shell, s.bvals, s.bvecs, s.mask)
+
+
+# -- real data (skipped where absent) ----------------------------------------------------
+
+def test_philips_subject_loads_with_t1_on_the_dwi_grid():
+    root = shared_dataset("dwi-philips-3t")
+    subject = load_dwi_subject(root / "2201_WIP_DTI_S2MB2.nii.gz",
+                               root / "1301_WIP_ADNI_Sag3D_MPRAGE.nii.gz")
+    assert subject.shell.shape == (128, 128, 82, 16) and subject.bvecs.shape == (3, 16)
+    assert (subject.bvals == 1000).all() and subject.t1.shape == subject.mask.shape
+    assert 0.05 < subject.mask.mean() < 0.4
+    inside = subject.shell[subject.mask]
+    assert 0.2 < np.median(inside) < 0.7 and inside.max() <= 2.0
+    assert 0.3 < np.median(subject.t1[subject.mask]) < 1.0
+    # T1w (bright white matter, dark CSF) and b=0 (bright CSF) anti-correlate once aligned.
+    assert corr(subject.t1, subject.mean_b0, subject.mask) < -0.2
