@@ -33,10 +33,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     path = args.config or packaged_config("phantom_eval.yaml")
     data = merge(load_yaml(path), _overrides(args.set))
-    cfg = from_dict(EvaluateConfig, data, source=str(path))
-    out_dir = Path(args.output or cfg.output)
-    result = evaluate(cfg, show_progress=not args.quiet)
-    paths = write_report(result, out_dir)
+    if data.get("task") == "dmri3d":
+        # 3D diffusion SR (CSR-dMRI Table 1 layout and tensor fidelity).
+        from mrisr.evaluation.dmri import DmriEvaluateConfig, evaluate_dmri, write_dmri_report
+        dcfg = from_dict(DmriEvaluateConfig, data, source=str(path))
+        result = evaluate_dmri(dcfg, show_progress=not args.quiet)
+        paths = write_dmri_report(result, Path(args.output or dcfg.output))
+    else:
+        cfg = from_dict(EvaluateConfig, data, source=str(path))
+        result = evaluate(cfg, show_progress=not args.quiet)
+        paths = write_report(result, Path(args.output or cfg.output))
     print(Path(paths["table"]).read_text())
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return 0
@@ -99,7 +105,7 @@ def _upscale_jobs(args) -> list[tuple[Path, Optional[Path], Path]]:
 def cmd_upscale(args: argparse.Namespace) -> int:
     import torch
 
-    from mrisr.inference.upscale import load_model, upscale_file
+    from mrisr.inference.upscale import is_series_file, load_model, upscale_file
     from mrisr.progress import progress
 
     if args.threads:
@@ -120,9 +126,10 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         bar.refresh()
     try:
         for target, ref, out in jobs:
-            key = ref is not None
+            # The default model depends on the reference and on whether the input is a series.
+            key = (ref is not None, is_series_file(target))
             if key not in models:
-                models[key] = load_model(args.model, key)
+                models[key] = load_model(args.model, *key)
             bar.set_description(f"upscale {target.name}")
             upscale_file(target, out, ref, overwrite=args.overwrite, memmap=args.memmap,
                          progress=bar.update, on_start=grow, loaded_model=models[key],
@@ -209,7 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("evaluate", help="run methods x scales x reference types on a dataset "
-                       "and write CSV, Markdown tables and figures")
+                       "and write CSV, Markdown tables and figures (a config with 'task: "
+                       "dmri3d' runs the diffusion evaluation: PSNR/SSIM per direction and "
+                       "tensor fidelity)")
     p.add_argument("config", nargs="?", help="YAML config (default: the embedded phantom)")
     p.add_argument("-o", "--output", help="output folder (default: the config's 'output')")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
@@ -238,14 +247,16 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--shape", type=_parse_scale, help="output shape NX,NY,NZ")
     p.add_argument("-o", "--output", required=True, help="output NIfTI (a folder for batches)")
     p.add_argument("--model", help="preset with shipped weights or checkpoint path (default: "
+                   "csr_dmri_s for a 4D series with --ref when its weights are shipped, else "
                    "dualarbnet_s with --ref, liif_s without)")
     p.add_argument("--plane", default="auto", help="slice plane for 2D models: auto, axial, "
                    "coronal, sagittal or an axis 0/1/2 (default auto: the plane of the largest "
                    "upscaling factors, i.e. the acquisition plane for in-plane upscaling)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=int, help="CPU threads")
-    p.add_argument("--tile", type=int, default=256, help="output tile size in voxels "
-                   "(bounded memory; results equal the untiled ones)")
+    p.add_argument("--tile", type=int, default=256, help="output tile size in voxels of 2D "
+                   "models (bounded memory; results equal the untiled ones); 3D models tile "
+                   "their encoder and decode in chunks of points by themselves")
     p.add_argument("--memmap", action="store_true", help="keep the output array on disk "
                    "(memory-mapped) instead of in memory")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")

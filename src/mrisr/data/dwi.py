@@ -38,6 +38,9 @@ __all__ = ["DwiSubject", "PlacedImage", "b0_indices", "select_shell", "normalise
 #: Relative level (of the robust maximum of the mean b=0) below which a voxel is treated as
 #: having no signal: dividing by such a b=0 only amplifies noise.
 MIN_B0_FRACTION = 0.02
+#: Upper bound of the attenuation ``S_b / S_0`` kept by :func:`load_dwi_subject` (and applied
+#: at inference): ratios far above 1 are noise or motion at the brain edge, not diffusion.
+MAX_ATTENUATION = 2.0
 
 
 def _present_bvalues(bvals: np.ndarray) -> str:
@@ -293,7 +296,7 @@ def load_dwi_subject(dwi_path: str | os.PathLike, t1_path: Optional[str | os.Pat
                      bvalue: float = 1000.0, tolerance: float = 100.0, register: bool = False,
                      bval_path: Optional[str | os.PathLike] = None,
                      bvec_path: Optional[str | os.PathLike] = None,
-                     mask_method: str = "auto", clip: Optional[float] = 2.0,
+                     mask_method: str = "auto", clip: Optional[float] = MAX_ATTENUATION,
                      name: Optional[str] = None) -> DwiSubject:
     """Load a DWI series (with its ``.bval``/``.bvec``) and optionally a T1w image.
 

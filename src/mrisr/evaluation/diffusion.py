@@ -82,7 +82,8 @@ def fit_tensors(series: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray,
 def tensor_fidelity(sr: np.ndarray, hr: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray,
                     mask: np.ndarray, mean_b0: Optional[np.ndarray] = None,
                     sr_mean_b0: Optional[np.ndarray] = None, wm_fa: float = 0.2,
-                    wm_mask: Optional[np.ndarray] = None) -> dict[str, float]:
+                    wm_mask: Optional[np.ndarray] = None,
+                    reference_maps: Optional[TensorMaps] = None) -> dict[str, float]:
     """FA, MD and principal-direction errors of an SR series against the HR series.
 
     Args:
@@ -92,6 +93,8 @@ def tensor_fidelity(sr: np.ndarray, hr: np.ndarray, bvals: np.ndarray, bvecs: np
         mean_b0: HR mean b=0 (see :func:`fit_tensors`); ``sr_mean_b0``: the SR series' own,
             default the same.
         wm_fa: white matter is ``FA_HR > wm_fa`` inside ``mask`` (unless ``wm_mask`` is given).
+        reference_maps: the HR fit (:func:`fit_tensors` of ``hr`` with ``mean_b0`` and ``mask``)
+            when already computed, e.g. once for several methods scored against the same HR.
 
     Returns:
         ``fa_mae`` (dimensionless), ``md_mae`` (mm^2/s), ``angle_mean_deg`` and
@@ -103,7 +106,8 @@ def tensor_fidelity(sr: np.ndarray, hr: np.ndarray, bvals: np.ndarray, bvecs: np
     mask = np.asarray(mask, dtype=bool)
     if mask.shape != hr.shape[:3]:
         raise InputError(f"mask shape {mask.shape} does not match the series' {hr.shape[:3]}")
-    ref = fit_tensors(hr, bvals, bvecs, mean_b0, mask)
+    ref = reference_maps if reference_maps is not None else \
+        fit_tensors(hr, bvals, bvecs, mean_b0, mask)
     out = fit_tensors(sr, bvals, bvecs, sr_mean_b0 if sr_mean_b0 is not None else mean_b0,
                       mask)
     wm = (ref.fa > wm_fa) & mask if wm_mask is None else np.asarray(wm_mask, bool) & mask

@@ -52,6 +52,8 @@ class EvaluateConfig:
     scales: isotropic scales, or per-axis lists such as ``[1, 1, 4]`` (thick-slice data).
     in_distribution_max: the largest training scale; larger scales are marked
     out-of-distribution in the table.
+    task: ``slices2d`` (this harness); ``mrisr evaluate`` sends ``dmri3d`` configs to
+    :mod:`mrisr.evaluation.dmri`.
     """
 
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
@@ -70,8 +72,12 @@ class EvaluateConfig:
     figure_scale: Optional[float] = 4.0
     in_distribution_max: float = 4.0
     output: str = "results/evaluate"
+    task: str = "slices2d"
 
     def validate(self, source: str) -> None:
+        if self.task != "slices2d":
+            raise ConfigError(f"{source}: task must be slices2d (this evaluation) or dmri3d "
+                              f"(the diffusion evaluation), got '{self.task}'")
         if self.mode not in ("slices", "volume"):
             raise ConfigError(f"{source}: mode must be 'slices' or 'volume', got '{self.mode}'")
         if self.degradation not in DEGRADATIONS:

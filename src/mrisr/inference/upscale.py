@@ -16,6 +16,10 @@ reported (the reference is zero there).
 Memory: the LR slice is encoded once; the output slice is decoded in tiles (exactly equal to an
 untiled decode); the result goes into one preallocated (optionally memory-mapped) array.
 4D series are processed volume by volume and streamed to disk as they finish.
+
+3D models (``model.dims == 3``, the CSR-dMRI family) take whole volumes instead of slices: see
+:mod:`mrisr.inference.volume3d` (the dispatch is marked "3D models" below). The default model of
+a 4D series with a reference is ``csr_dmri_s`` once its weights are shipped.
 """
 from __future__ import annotations
 
@@ -198,16 +202,35 @@ class SliceUpscaler:
         return result
 
 
-def default_model_name(has_reference: bool) -> str:
+#: Default model of a 4D (diffusion) series with a T1w reference, when its weights are shipped.
+DEFAULT_DMRI_MODEL = "csr_dmri_s"
+
+
+def default_model_name(has_reference: bool, series: bool = False) -> str:
+    from mrisr.models.registry import weights_path
+
+    if series and has_reference and weights_path(DEFAULT_DMRI_MODEL).exists():
+        return DEFAULT_DMRI_MODEL
     return "dualarbnet_s" if has_reference else "liif_s"
 
 
-def load_model(name: Optional[str], has_reference: bool):
-    """A preset with shipped weights, or a checkpoint path; returns (model, description)."""
+def is_series_file(path: str | os.PathLike) -> bool:
+    """Whether a NIfTI file holds a 4D series of several volumes (reads the header only;
+    ``False`` for unreadable files, which :func:`upscale_file` then reports)."""
+    try:
+        shape = nib.load(str(path)).shape
+    except Exception:  # nibabel raises many types for bad files; the real load reports them
+        return False
+    return len(shape) == 4 and shape[3] > 1
+
+
+def load_model(name: Optional[str], has_reference: bool, series: bool = False):
+    """A preset with shipped weights, or a checkpoint path; returns (model, description).
+    Without ``name``, the default for the input (``series``: a 4D series)."""
     from mrisr.models.checkpoint import load_checkpoint
     from mrisr.models.registry import PRESETS, weights_path
 
-    name = name or default_model_name(has_reference)
+    name = name or default_model_name(has_reference, series)
     if name in PRESETS:
         path = weights_path(name)
         if not path.exists():
@@ -227,6 +250,20 @@ def load_model(name: Optional[str], has_reference: bool):
                    "code_version": loaded.payload.get("code_version"), "input": kind}
 
 
+def grid_info(desc: dict, in_shape: Sequence[int], in_affine: np.ndarray,
+              out_shape: Sequence[int], out_affine: np.ndarray) -> dict:
+    """Sidecar fields shared by the 2D and 3D paths: version, model and the two grids."""
+    from mrisr import __version__
+
+    return {"mrisr_version": __version__, **desc, "input_shape": list(in_shape),
+            "output_shape": list(out_shape),
+            "input_voxel_size": [float(z) for z in voxel_sizes(in_affine)],
+            "output_voxel_size": [float(z) for z in voxel_sizes(out_affine)],
+            "scale": [o / i for i, o in zip(in_shape, out_shape)],
+            "grid_convention": "pixel-centre, field of view preserved: "
+                               "A' = A @ [[diag(f), (f-1)/2], [0, 1]], f = N/N'"}
+
+
 def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, voxel_size=None,
             shape=None, model: Optional[str] = None, device: str = "auto",
             plane: Optional[str] = None, tile: Optional[int] = DEFAULT_TILE, amp: bool = False,
@@ -235,7 +272,6 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
     """Super-resolve a 3D :class:`Volume` (see the module docstring for the conventions)."""
     from mrisr.devices import select_device
     from mrisr.resample import resample_to_grid
-    from mrisr import __version__
 
     if target.data.ndim != 3:
         raise InputError(f"{target.path}: upscale() takes a 3D volume; use upscale_file for 4D")
@@ -244,15 +280,16 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
     zooms = voxel_sizes(target.affine)
     axis = choose_slice_axis(target.spatial_shape, out_shape, zooms, plane)
     net, desc = loaded_model or load_model(model, reference is not None)
+    # -- 3D models: the whole volume at once (mrisr.inference.volume3d) ---------------------
+    from mrisr.inference.volume3d import SeriesUpscaler3D, is_volume_model
+    if is_volume_model(net):
+        return SeriesUpscaler3D(target, reference, (net, desc), out_shape, out_affine,
+                                device=device, amp=amp).upscale(0, out, progress)
+    # -- 2D models: slice by slice ----------------------------------------------------------
     dev = select_device(device)
     upscaler = SliceUpscaler(net, dev, desc["input"], tile, amp)
-    info = {"mrisr_version": __version__, **desc, "input_shape": list(target.spatial_shape),
-            "output_shape": list(out_shape), "input_voxel_size": [float(z) for z in zooms],
-            "output_voxel_size": [float(z) for z in voxel_sizes(out_affine)],
-            "scale": [o / i for i, o in zip(target.spatial_shape, out_shape)],
-            "slice_axis": axis,
-            "grid_convention": "pixel-centre, field of view preserved: "
-                               "A' = A @ [[diag(f), (f-1)/2], [0, 1]], f = N/N'"}
+    info = {**grid_info(desc, target.spatial_shape, target.affine, out_shape, out_affine),
+            "slice_axis": axis}
     ref_grid = None
     if reference is not None and upscaler.uses_reference:
         ref_shape, ref_affine = reference_grid(target, reference, axis)
@@ -298,12 +335,24 @@ def upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
     series = target.data.ndim == 4
     n_vol = target.data.shape[3] if series else 1
     shape3 = target.spatial_shape
-    out_shape, _ = output_grid(shape3, target.affine, options.get("scale"),
-                               options.get("voxel_size"), options.get("shape"))
+    out_shape, out_affine = output_grid(shape3, target.affine, options.get("scale"),
+                                        options.get("voxel_size"), options.get("shape"))
     check_resources(out, out_shape, n_vol, memmap)
     options = dict(options)
-    model_pack = loaded_model or load_model(options.pop("model", None), reference is not None)
-    if on_start:
+    model_pack = loaded_model or load_model(options.pop("model", None), reference is not None,
+                                            series)
+    # -- 3D models: the series is prepared once (b=0 normalisation from the .bval beside the
+    # input, brain mask, T1w on the output grid), then each volume is upscaled whole.
+    from mrisr.inference.volume3d import SeriesUpscaler3D, is_volume_model, read_series_bvals
+    series3d = None
+    if is_volume_model(model_pack[0]):
+        series3d = SeriesUpscaler3D(target, reference, model_pack, out_shape, out_affine,
+                                    read_series_bvals(target_path, n_vol) if series else None,
+                                    device=options.get("device", "auto"),
+                                    amp=options.get("amp", False))
+    if on_start and series3d is not None:
+        on_start(n_vol * series3d.units_per_volume)
+    elif on_start:
         axis = choose_slice_axis(shape3, out_shape, voxel_sizes(target.affine),
                                  options.get("plane"))
         on_start(n_vol * shape3[axis])
@@ -313,10 +362,13 @@ def upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
         with atomic_path(out) as tmp:
             writer = None
             for v in range(n_vol):
-                vol = Volume(target.data[..., v] if series else target.data,
-                             target.affine, target.header, target.path)
-                result = upscale(vol, reference, out=buffer, progress=progress,
-                                 loaded_model=model_pack, **options)
+                if series3d is not None:
+                    result = series3d.upscale(v, out=buffer, progress=progress)
+                else:
+                    vol = Volume(target.data[..., v] if series else target.data,
+                                 target.affine, target.header, target.path)
+                    result = upscale(vol, reference, out=buffer, progress=progress,
+                                     loaded_model=model_pack, **options)
                 if writer is None:
                     writer = StreamingNiftiWriter(tmp, out_shape + ((n_vol,) if series else ()),
                                                   result.affine, target.header)

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Iterator, Optional, Union
+from typing import Callable, Iterator, Optional, Union
 
 import numpy as np
 import torch
@@ -242,20 +242,25 @@ class CSRdMRI(nn.Module):
         return self.use_t1
 
     # -- encoder -------------------------------------------------------------------------
-    def encode(self, lr: torch.Tensor, reference: Optional[torch.Tensor] = None
+    def encode(self, lr: torch.Tensor, reference: Optional[torch.Tensor] = None,
+               apply: Optional[Callable[[nn.Module, torch.Tensor], torch.Tensor]] = None
                ) -> VolumeFeatures:
         """Encode the LR volume ``(B, 1, x, y, z)`` and the T1w ``reference``: ``(B, 1, x, y, z)``
-        on the LR grid (``lr_channel``) or ``(B, 1, *t1_shape)`` (``own_resolution``)."""
+        on the LR grid (``lr_channel``) or ``(B, 1, *t1_shape)`` (``own_resolution``).
+
+        ``apply(encoder, input)`` runs an encoder on its input (default: ``encoder(input)``);
+        whole-volume inference passes a tiled runner (:mod:`mrisr.inference.volume3d`)."""
+        run = apply or (lambda encoder, x: encoder(x))
         if not self.use_t1:
-            return VolumeFeatures(self.encoder(lr))
+            return VolumeFeatures(run(self.encoder, lr))
         if reference is None:
             raise ValueError("this CSR-dMRI model needs a T1w reference image")
         if self.t1_mode == "lr_channel":
             if reference.shape[2:] != lr.shape[2:]:
                 raise ValueError(f"T1w of shape {tuple(reference.shape[2:])} is not on the LR "
                                  f"grid {tuple(lr.shape[2:])}")
-            return VolumeFeatures(self.encoder(torch.cat([lr, reference], dim=1)))
-        return VolumeFeatures(self.encoder(lr), self.t1_encoder(reference))
+            return VolumeFeatures(run(self.encoder, torch.cat([lr, reference], dim=1)))
+        return VolumeFeatures(run(self.encoder, lr), run(self.t1_encoder, reference))
 
     # -- decoder -------------------------------------------------------------------------
     def decode(self, features: VolumeFeatures, query: PointQuery) -> torch.Tensor:

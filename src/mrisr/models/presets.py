@@ -10,7 +10,7 @@ _PAPER_ENCODER = {"G0": 64, "D": 5, "C": 10, "G": 64}
 _COMPACT_ENCODER = {"G0": 32, "D": 3, "C": 4, "G": 32}
 _COMPACT_DUALARBNET = {**_COMPACT_ENCODER, "fusion_channels": 32, "fusion_convs": 1,
                        "skip_hidden": 32, "attention_reduction": 8, "sampling": "nearest",
-                       "reference_grad": False, "image_residual": True}
+                       "reference_grad": True, "image_residual": True}
 
 for preset in (
     Preset("dualarbnet_ref", "dualarbnet",
@@ -22,8 +22,8 @@ for preset in (
            {**_PAPER_ENCODER, "fusion_channels": 128, "fusion_convs": 4, "sampling": "nearest"},
            "Dual-ArbNet as the paper describes it (nearest feature sampling)"),
     Preset("dualarbnet_s", "dualarbnet", _COMPACT_DUALARBNET,
-           "compact Dual-ArbNet for CPU training (reference encoded without gradient as in the "
-           "reference code; residual over the interpolated LR image)"),
+           "compact Dual-ArbNet for CPU training (shared encoder trained through both paths as "
+           "the paper; residual over the interpolated LR image)"),
     Preset("liif_ref", "liif", {"G0": 64, "D": 16, "C": 8, "G": 64},
            "LIIF with the RDN encoder and 4 x 256 MLP of the LIIF paper"),
     Preset("liif_s", "liif", {**_COMPACT_ENCODER, "hidden": [96, 96, 96, 96]},

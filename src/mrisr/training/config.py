@@ -90,20 +90,15 @@ class DwiFiles:
 
 
 @dataclass
-class DmriDataConfig:
-    """3D diffusion training (``task: dmri3d``, CSR-dMRI Sec. 3.1).
+class DwiSourceConfig:
+    """Diffusion subjects and the shell kept: the part of the ``dmri`` section shared by
+    ``task: dmri3d`` training and the dMRI evaluation (:mod:`mrisr.evaluation.dmri`).
 
     kind: ``phantom`` (the embedded DWI phantom, ``phantom_*`` settings) or ``files``
         (``subjects``). bvalue, tolerance: the shell kept (divided by the mean b=0).
     register: rigidly register each T1w to the mean b=0 (dipy) before placing it on the DWI
         grid. holdout_axis, holdout_fraction: the slab at the high end of that axis that no
         training patch touches (for evaluation on a single subject).
-    lr_patch: LR patch size (the paper: 10); the HR patch is ``round(lr_patch * s)`` per axis
-        with ``s ~ U(scale_range)`` drawn per step (per axis with ``per_axis``).
-    queries: HR voxels decoded per patch; 0 = all (needed by the frequency loss).
-    frequency_weight: lambda of ``L1 + lambda * mean |FFT(pred) - FFT(hr)|`` (paper 0.01). The
-        ``loss`` section configures the 2D task only; for this task the phase's ``steps`` and
-        ``lr`` apply, its scale and reference settings do not.
     """
 
     kind: str = "phantom"
@@ -117,11 +112,6 @@ class DmriDataConfig:
     register: bool = False
     holdout_axis: int = 2
     holdout_fraction: float = 0.25
-    lr_patch: int = 10
-    scale_range: list[float] = field(default_factory=lambda: [2.0, 3.0])
-    per_axis: bool = False
-    queries: int = 0
-    frequency_weight: float = 0.01
 
     def validate(self, source: str) -> None:
         if self.kind not in ("phantom", "files"):
@@ -131,6 +121,29 @@ class DmriDataConfig:
         if self.holdout_axis not in (0, 1, 2) or not 0 <= self.holdout_fraction < 1:
             raise ConfigError(f"{source}: dmri.holdout_axis must be 0, 1 or 2 and "
                               "dmri.holdout_fraction in [0, 1)")
+
+
+@dataclass
+class DmriDataConfig(DwiSourceConfig):
+    """3D diffusion training (``task: dmri3d``, CSR-dMRI Sec. 3.1): the subjects
+    (:class:`DwiSourceConfig`) and the patches.
+
+    lr_patch: LR patch size (the paper: 10); the HR patch is ``round(lr_patch * s)`` per axis
+        with ``s ~ U(scale_range)`` drawn per step (per axis with ``per_axis``).
+    queries: HR voxels decoded per patch; 0 = all (needed by the frequency loss).
+    frequency_weight: lambda of ``L1 + lambda * mean |FFT(pred) - FFT(hr)|`` (paper 0.01). The
+        ``loss`` section configures the 2D task only; for this task the phase's ``steps`` and
+        ``lr`` apply, its scale and reference settings do not.
+    """
+
+    lr_patch: int = 10
+    scale_range: list[float] = field(default_factory=lambda: [2.0, 3.0])
+    per_axis: bool = False
+    queries: int = 0
+    frequency_weight: float = 0.01
+
+    def validate(self, source: str) -> None:
+        super().validate(source)
         if self.lr_patch < 2:
             raise ConfigError(f"{source}: dmri.lr_patch must be at least 2")
         if len(self.scale_range) != 2 or not 1.0 <= self.scale_range[0] <= self.scale_range[1]:

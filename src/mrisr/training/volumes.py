@@ -23,7 +23,7 @@ from mrisr.data.dwi import DwiSubject
 from mrisr.degradation import spline_resize
 from mrisr.errors import InputError
 from mrisr.models.csr_dmri import PointQuery, grid_point_query
-from mrisr.training.config import DmriDataConfig, TrainConfig
+from mrisr.training.config import DwiSourceConfig, TrainConfig
 from mrisr.training.losses import sr_loss
 
 
@@ -40,8 +40,9 @@ def split_slab(shape, axis: int, fraction: float) -> tuple[tuple[slice, ...], tu
     return tuple(train), tuple(held)
 
 
-def load_dwi_subjects(d: DmriDataConfig, use_t1: bool = True) -> list[DwiSubject]:
-    """The training subjects of a ``dmri`` config section (the T1w only when ``use_t1``)."""
+def load_dwi_subjects(d: DwiSourceConfig, use_t1: bool = True) -> list[DwiSubject]:
+    """The subjects of a ``dmri`` config section, training or evaluation (the T1w only when
+    ``use_t1``)."""
     from mrisr.data.dwi import load_dwi_subject, phantom_dwi_subject
 
     if d.kind == "phantom":
