@@ -34,8 +34,8 @@ def main(run: str, name: str) -> None:
               f"mrisr {loaded.payload['code_version']}).\n")
     (out_dir / f"{name}.yaml").write_text(header + yaml.safe_dump(cfg, sort_keys=False))
     size = (out_dir / f"{name}.pt").stat().st_size / 2**20
-    print(f"shipped {name}: {size:.1f} MB, {sum(v.numel() for v in loaded.model.state_dict().values())} "
-          "parameters")
+    n_params = sum(v.numel() for v in loaded.model.state_dict().values())
+    print(f"shipped {name}: {size:.1f} MB, {n_params} parameters")
 
 
 if __name__ == "__main__":

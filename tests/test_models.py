@@ -6,8 +6,8 @@ import torch.nn.functional as F
 from mrisr.errors import ConfigError, InputError
 from mrisr.inference.predict import full_grid_query
 from mrisr.models import GridQuery, create_model, list_models, load_checkpoint, save_checkpoint
-from mrisr.models.query import (grid_positions, relative_offset, sample_grid, sample_points,
-                                unfold_neighbourhood)
+from mrisr.models.query import (grid_positions, relative_offset, sample_axis, sample_grid,
+                                sample_points, unfold_neighbourhood)
 
 TINY = {"G0": 8, "D": 1, "C": 2, "G": 8, "fusion_channels": 8, "fusion_convs": 1,
         "skip_hidden": 8, "attention_reduction": 4}
@@ -29,6 +29,23 @@ def test_dualarbnet_and_liif_output_the_query_grid(lr_shape, out_shape, ref_shap
     torch.manual_seed(0)
     liif = create_model("liif", G0=8, D=1, C=2, G=8, hidden=[16, 16], chunk=50)
     assert liif(lr, None, query).shape == (2, 1, *out_shape)
+
+
+def test_cubic_sampling_is_keys_convolution():
+    # Keys' kernel (a = -0.5) interpolates the samples and reproduces quadratics exactly away
+    # from the edges; beyond the edges it replicates the edge voxels.
+    x = (torch.arange(12, dtype=torch.float64) - 3.7) ** 2
+    pos = torch.linspace(1, 9.99, 37, dtype=torch.float64)[None]
+    torch.testing.assert_close(sample_axis(x.reshape(1, 1, 12), pos, 0, "cubic")[0, 0],
+                               (pos[0] - 3.7) ** 2)
+    ints = torch.arange(12, dtype=torch.float64)[None]
+    torch.testing.assert_close(sample_axis(x.reshape(1, 1, 12), ints, 0, "cubic")[0, 0], x)
+    flat = torch.ones(1, 2, 5, dtype=torch.float64)
+    out = sample_axis(flat, torch.tensor([[-3.0, -0.4, 4.6, 9.0]], dtype=torch.float64), 0,
+                      "cubic")
+    torch.testing.assert_close(out, torch.ones(1, 2, 4, dtype=torch.float64))
+    with pytest.raises(ValueError, match="image_residual"):
+        tiny(image_residual="quintic")
 
 
 def test_grid_positions_follow_the_pixel_centre_convention():

@@ -27,11 +27,13 @@ shipped = pytest.mark.skipif(not (weights_path("dualarbnet_s").exists() and
                              reason="shipped weights not built yet")
 
 
-@pytest.mark.parametrize("fusion_convs,tile", [(1, 9), (2, 16), (2, 23)])
-def test_tiled_decoding_equals_untiled(fusion_convs, tile):
+@pytest.mark.parametrize("fusion_convs,tile,residual", [(1, 9, False), (2, 16, "cubic"),
+                                                         (2, 23, "linear")])
+def test_tiled_decoding_equals_untiled(fusion_convs, tile, residual):
     torch.manual_seed(0)
     model = create_model("dualarbnet", G0=8, D=1, C=2, G=8, fusion_channels=8,
-                         fusion_convs=fusion_convs, skip_hidden=8, attention_reduction=4).eval()
+                         fusion_convs=fusion_convs, skip_hidden=8, attention_reduction=4,
+                         image_residual=residual).eval()
     lr, ref = torch.rand(1, 1, 21, 18), torch.rand(1, 1, 47, 40)
     query = full_grid_query((21, 18), (63, 55), (47, 40))
     with torch.no_grad():

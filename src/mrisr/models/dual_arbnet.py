@@ -26,7 +26,7 @@ grid.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import torch
 from torch import nn
@@ -158,9 +158,10 @@ class DualArbNet(nn.Module):
             encodes the reference under ``no_grad``).
         use_reference / use_scale / use_coord: the ablations of the paper's Table 2.
         channel_attention, spatial_attention: the two halves of the fusion attention.
-        image_residual: add the linearly interpolated LR image to the output, so the network
-            predicts only what interpolation misses (not in the paper; it makes short CPU
-            training converge much faster).
+        image_residual: ``"cubic"`` or ``"linear"`` (``True``) adds the LR image interpolated
+            to the output grid to the output, so the network predicts only what interpolation
+            misses (not in the paper; it makes short CPU training converge much faster);
+            ``False`` leaves the output to the network as in the paper.
     """
 
     def __init__(self, in_channels: int = 1, G0: int = 64, D: int = 5, C: int = 10, G: int = 64,
@@ -168,7 +169,7 @@ class DualArbNet(nn.Module):
                  attention_reduction: int = 16, skip_hidden: int = 64, sampling: str = "nearest",
                  reference_grad: bool = True, use_reference: bool = True, use_scale: bool = True,
                  use_coord: bool = True, channel_attention: bool = True,
-                 spatial_attention: bool = True, image_residual: bool = False):
+                 spatial_attention: bool = True, image_residual: Union[bool, str] = False):
         super().__init__()
         if sampling not in ("nearest", "linear"):
             raise ValueError(f"sampling must be 'nearest' or 'linear', got {sampling!r}")
@@ -180,7 +181,12 @@ class DualArbNet(nn.Module):
         self.use_reference = use_reference
         self.use_scale = use_scale
         self.use_coord = use_coord
-        self.image_residual = image_residual
+        if image_residual is True:
+            image_residual = "linear"
+        if image_residual not in (False, None, "linear", "cubic"):
+            raise ValueError(f"image_residual must be false, 'linear' or 'cubic', got "
+                             f"{image_residual!r}")
+        self.image_residual = image_residual or None
         self.dims = 2
         self.encoder = RDN(in_channels, G0, D, C, G, dims=2)
         unfolded = 9 * G0
@@ -284,7 +290,8 @@ class DualArbNet(nn.Module):
             skip = sample_grid(enc.target_skip, query.target_positions, "linear")
             skip = self.skip_out(torch.relu(self.skip_mid(torch.relu(skip))))
         if enc.target_image is not None:
-            skip = skip + sample_grid(enc.target_image, query.target_positions, "linear")
+            skip = skip + sample_grid(enc.target_image, query.target_positions,
+                                      self.image_residual)
         return out + skip
 
     def forward(self, lr: torch.Tensor, reference: Optional[torch.Tensor],

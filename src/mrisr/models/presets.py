@@ -10,7 +10,7 @@ _PAPER_ENCODER = {"G0": 64, "D": 5, "C": 10, "G": 64}
 _COMPACT_ENCODER = {"G0": 32, "D": 3, "C": 4, "G": 32}
 _COMPACT_DUALARBNET = {**_COMPACT_ENCODER, "fusion_channels": 32, "fusion_convs": 1,
                        "skip_hidden": 32, "attention_reduction": 8, "sampling": "nearest",
-                       "reference_grad": True, "image_residual": True}
+                       "reference_grad": True, "image_residual": "cubic"}
 
 for preset in (
     Preset("dualarbnet_ref", "dualarbnet",

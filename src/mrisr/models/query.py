@@ -55,12 +55,16 @@ def sample_axis(x: torch.Tensor, positions: torch.Tensor, axis: int,
     """Resample spatial ``axis`` of ``x`` at ``positions`` (B, L) or (1, L).
 
     ``nearest`` copies the nearest voxel; ``linear`` interpolates between the two neighbours
-    (edge values beyond the first/last centre). Exact and deterministic: the same position
-    always gives the same result, whichever tile it is computed in.
+    (edge values beyond the first/last centre); ``cubic`` is Keys' cubic convolution
+    (a = -0.5, the kernel of bicubic image resizing) over four neighbours, edge voxels
+    replicated. Exact and deterministic: the same position always gives the same result,
+    whichever tile it is computed in.
     """
     n = x.shape[2 + axis]
     if mode == "nearest":
         return _gather_axis(x, nearest_index(positions, n), axis)
+    if mode == "cubic":
+        return _sample_axis_cubic(x, positions, axis)
     if mode != "linear":
         raise ValueError(f"unknown sampling mode {mode!r}")
     u = positions.clamp(0, n - 1)
@@ -71,6 +75,33 @@ def sample_axis(x: torch.Tensor, positions: torch.Tensor, axis: int,
     shape[0], shape[2 + axis] = w.shape[0], w.shape[1]
     w = w.reshape(shape)
     return _gather_axis(x, i0, axis) * (1 - w) + _gather_axis(x, i1, axis) * w
+
+
+def _keys_weights(t: torch.Tensor) -> list[torch.Tensor]:
+    """Weights of the taps at offsets -1, 0, 1, 2 for a fractional position ``t`` in [0, 1)."""
+    a = -0.5
+
+    def near(d):  # |d| <= 1
+        return ((a + 2) * d - (a + 3)) * d * d + 1
+
+    def far(d):  # 1 < |d| < 2
+        return ((a * d - 5 * a) * d + 8 * a) * d - 4 * a
+
+    return [far(1 + t), near(t), near(1 - t), far(2 - t)]
+
+
+def _sample_axis_cubic(x: torch.Tensor, positions: torch.Tensor, axis: int) -> torch.Tensor:
+    n = x.shape[2 + axis]
+    base = torch.floor(positions)
+    t = (positions - base).to(x.dtype)
+    base = base.long()
+    shape = [1] * x.ndim
+    shape[0], shape[2 + axis] = t.shape[0], t.shape[1]
+    out = 0
+    for offset, w in zip((-1, 0, 1, 2), _keys_weights(t)):
+        index = (base + offset).clamp(0, n - 1)
+        out = out + _gather_axis(x, index, axis) * w.reshape(shape)
+    return out
 
 
 def sample_grid(x: torch.Tensor, positions: Sequence[torch.Tensor],
