@@ -16,7 +16,7 @@ from mrisr.models import load_checkpoint
 from mrisr.models.query import sample_grid
 from mrisr.training import load_train_config, train
 from mrisr.training.config import TrainConfig
-from mrisr.training.losses import frequency_loss
+from mrisr.training.losses import frequency_loss, sr_loss
 from mrisr.training.slices import SlicePairs, SlicePatchTask
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +57,12 @@ def test_frequency_loss_masks_select_the_right_frequencies():
         frequency_loss(high, target, 2, (16, 16), "unseen")
     assert frequency_loss(target, target, 2) == 0
     assert frequency_loss(high, target, 2, (16, 16), "unseen", "l2") > 0
+    # At x1 the LR input holds every frequency: the unseen K-loss is zero, not NaN, and the
+    # total loss still trains through the L1 part.
+    pred = high.real.clone().requires_grad_(True)
+    loss, parts = sr_loss(pred, target, 2, 0.05, (32, 32), "unseen")
+    loss.backward()
+    assert parts["kloss"] == 0 and torch.isfinite(loss) and torch.isfinite(pred.grad).all()
 
 
 def test_batches_are_deterministic_aligned_and_scales_independent(tmp_path):

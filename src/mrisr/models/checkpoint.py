@@ -27,15 +27,22 @@ FORMAT = "mrisr-checkpoint-v1"
 
 
 def code_version() -> str:
-    """mrisr's version, plus the git commit when running from a checkout."""
+    """mrisr's version, plus the git commit when running from a checkout (``.dirty`` when
+    tracked files differ from it)."""
     from mrisr import __version__
+    root = Path(__file__).resolve().parents[3]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True,
+                              timeout=5).stdout.strip()
     try:
-        root = Path(__file__).resolve().parents[3]
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, timeout=5).stdout.strip()
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = bool(commit and git("status", "--porcelain", "--untracked-files=no"))
     except (OSError, subprocess.SubprocessError):
-        commit = ""
-    return f"{__version__}+g{commit}" if commit else __version__
+        commit, dirty = "", False
+    if not commit:
+        return __version__
+    return f"{__version__}+g{commit}" + (".dirty" if dirty else "")
 
 
 def describe(model: nn.Module) -> dict:
