@@ -125,10 +125,12 @@ def test_round_trips_in_world_space_axial_sagittal_oblique_anisotropic(tmp_path)
 @shipped
 def test_reference_at_another_resolution_orientation_and_fov(tmp_path):
     ph = make_brain_phantom(shape=(96, 96, 12), voxel_size=(1.0, 1.0, 3.0), seed=3)
-    # Reference: sagittal storage, coarser (1.5 mm) and cropped to part of the FOV.
+    # Reference: sagittal storage (i: anterior, j: superior, k: right), coarser in-plane
+    # (1.5 mm), and covering part of the field of view: 60 of 96 mm left-right and only the
+    # upper slices (from z = -4 mm; the target's slices span -16.5 to 16.5 mm).
     from mrisr.resample import resample_to_grid
-    ref_shape = (8, 64, 48)
-    ref_aff = np.array([[0, 0, 3.0, -10], [1.5, 0, 0, -47], [0, 1.5, 0, -16], [0, 0, 0, 1]])
+    ref_shape = (64, 8, 40)
+    ref_aff = np.array([[0, 0, 1.5, -30], [1.5, 0, 0, -47], [0, 3.0, 0, -4], [0, 0, 0, 1]])
     ref, _ = resample_to_grid(ph.t1w, ph.affine, ref_aff, ref_shape)
     lr, lr_aff = degrade_volume(ph.t2w, ph.affine, (2, 2, 1))
     save_nifti(lr, lr_aff, tmp_path / "lr.nii.gz")
