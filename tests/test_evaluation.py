@@ -97,3 +97,10 @@ def test_select_slices_respects_brain_fraction():
 def test_unknown_method_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown method 'bicubik'"):
         make_method("bicubik")
+
+
+def test_outputs_are_projected_to_magnitudes():
+    from mrisr.data.intensity import to_magnitude
+    real = np.array([-0.2, 0.0, 0.5])
+    np.testing.assert_array_equal(to_magnitude(real), [0.0, 0.0, 0.5])
+    np.testing.assert_allclose(to_magnitude(np.array([3 + 4j, -1j])), [5.0, 1.0])

@@ -22,6 +22,15 @@ def robust_max(image: np.ndarray) -> float:
     return float(np.percentile(values, PERCENTILE)) or peak
 
 
+def to_magnitude(image: np.ndarray) -> np.ndarray:
+    """A method's output as a magnitude image: ``|x|`` of complex data; real data clipped at 0
+    (a negative estimate of a magnitude means "close to zero": folding it with ``|x|`` would
+    turn ringing and noise around zero into spurious positive signal)."""
+    if np.iscomplexobj(image):
+        return np.abs(image)
+    return np.clip(image, 0, None)
+
+
 def as_channels(image: np.ndarray, kind: str) -> np.ndarray:
     """``(*sp)`` real or complex -> ``(C, *sp)`` float32: ``magnitude`` (C=1) or ``complex``
     (C=2, real and imaginary)."""

@@ -13,6 +13,7 @@ from typing import Optional
 
 import numpy as np
 
+from mrisr.data.intensity import to_magnitude
 from mrisr.degradation import kspace_resize, spline_resize
 from mrisr.errors import ConfigError
 
@@ -105,7 +106,7 @@ class Interpolation(SRMethod):
         self.kind = kind
 
     def __call__(self, case: SRCase) -> np.ndarray:
-        return np.abs(interpolate(case.lr, case.out_shape, self.kind)).astype(np.float32)
+        return to_magnitude(interpolate(case.lr, case.out_shape, self.kind)).astype(np.float32)
 
 
 for _kind, _label in (("nearest", "nearest"), ("linear", "linear"), ("cubic", "cubic"),

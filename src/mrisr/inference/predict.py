@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mrisr.data.intensity import as_channels, robust_max
+from mrisr.data.intensity import as_channels, robust_max, to_magnitude
 from mrisr.devices import select_device
 from mrisr.evaluation.methods import SRCase, SRMethod, register_method
 from mrisr.inference.tiling import decode_tiled
@@ -63,7 +63,7 @@ def predict_slice(model: nn.Module, lr: np.ndarray, out_shape: tuple[int, int],
         ref_shape = reference.shape
     query = full_grid_query(lr.shape, out_shape, ref_shape).to(device)
     out = decode_tiled(model, model.encode(x, ref_t), query, tile)[0].float().cpu().numpy()
-    mag = np.abs(out[0]) if out.shape[0] == 1 else np.hypot(out[0], out[1])
+    mag = to_magnitude(out[0]) if out.shape[0] == 1 else np.hypot(out[0], out[1])
     return (mag * norm).astype(np.float32)
 
 

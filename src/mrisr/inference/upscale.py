@@ -36,6 +36,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from mrisr.data.intensity import to_magnitude
 from mrisr.degradation import spline_resize
 from mrisr.errors import InputError
 from mrisr.grid import (ScaleLike, as_scales, resample_affine, shape_for_voxel_size,
@@ -164,7 +165,7 @@ class SliceUpscaler:
             if self.uses_reference and ref is None:
                 # No reference in this slice (outside its FOV): cubic interpolation.
                 from mrisr.evaluation.methods import interpolate
-                return np.abs(interpolate(lr, out_shape, "cubic")).astype(np.float32)
+                return to_magnitude(interpolate(lr, out_shape, "cubic")).astype(np.float32)
             return predict_slice(self.model, lr, out_shape, ref, self.input_kind, self.device,
                                  self.tile)
 
