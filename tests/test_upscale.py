@@ -11,7 +11,7 @@ from mrisr.data.phantom import make_brain_phantom, make_dwi_phantom
 from mrisr.degradation import degrade_volume
 from mrisr.errors import InputError
 from mrisr.evaluation.metrics import psnr
-from mrisr.grid import voxel_sizes
+from mrisr.grid import resample_affine, voxel_sizes
 from mrisr.inference import upscale as up
 from mrisr.inference.predict import full_grid_query
 from mrisr.inference.streaming import StreamingNiftiWriter
@@ -152,16 +152,40 @@ def test_reference_at_another_resolution_orientation_and_fov(tmp_path):
 
 
 @shipped
-def test_real_volume_round_trip(tmp_path):
+def test_real_volume_round_trips_axial_sagittal_oblique(tmp_path):
     root = shared_dataset("brats18-tcia")
     t2 = load_nifti(root / "Brats18_TCIA13_623_1" / "Brats18_TCIA13_623_1_t2.nii.gz")
     t1 = load_nifti(root / "Brats18_TCIA13_623_1" / "Brats18_TCIA13_623_1_t1.nii.gz")
-    box = (slice(40, 200), slice(30, 210), slice(70, 76))
-    aff = t2.affine.copy()
-    aff[:3, 3] = t2.affine[:3, :3] @ [40, 30, 70] + t2.affine[:3, 3]
-    ours, cubic = round_trip(tmp_path, t2.data[box], t1.data[box], aff, aff, (2.0, 2.0, 1.0),
-                             "brats")
-    assert ours > cubic + 1.0
+
+    def crop(box):
+        aff = t2.affine.copy()
+        aff[:3, 3] = t2.affine[:3, :3] @ [b.start for b in box] + t2.affine[:3, 3]
+        return t2.data[box], t1.data[box], aff
+
+    def thick(data, affine, axis):
+        # 2 mm slices from pairs of 1 mm slices: anisotropic voxels.
+        n = data.shape[axis] // 2 * 2
+        moved = np.moveaxis(data, axis, 0)[:n]
+        out = np.moveaxis(moved.reshape(n // 2, 2, *moved.shape[1:]).mean(1), 0, axis)
+        kept = [n if i == axis else d for i, d in enumerate(data.shape)]
+        return out, resample_affine(affine, kept, out.shape)
+
+    cases = {}
+    t2a, t1a, aff = crop((slice(40, 200), slice(30, 210), slice(66, 78)))
+    t2a, aff_t = thick(t2a, aff, 2)
+    t1a, _ = thick(t1a, aff, 2)
+    cases["axial"] = (t2a, t1a, aff_t)
+    t2s, t1s, aff = crop((slice(110, 122), slice(30, 210), slice(20, 140)))
+    t2s, aff_t = thick(t2s, aff, 0)
+    t1s, _ = thick(t1s, aff, 0)
+    sag_t2, sag_aff = reorient_sagittal(t2s, aff_t)
+    sag_t1, _ = reorient_sagittal(t1s, aff_t)
+    cases["sagittal"] = (sag_t2, sag_t1, sag_aff)
+    cases["oblique"] = (t2a, t1a, oblique(aff_t))
+    for name, (hr, ref, affine) in cases.items():
+        scale = tuple(2.0 if n > 20 else 1.0 for n in hr.shape)
+        ours, cubic = round_trip(tmp_path, hr, ref, affine, affine, scale, name)
+        assert ours > cubic + 1.0, (name, ours, cubic)
 
 
 @shipped
