@@ -44,7 +44,10 @@ class StreamingNiftiWriter:
             raise ValueError(f"volume shape {volume.shape} != {self.shape[:3]}")
         if self._written >= self._expected:
             raise ValueError("all volumes already written")
-        self._f.write(np.asarray(volume, dtype="<f4").tobytes(order="F"))
+        # One plane of the last axis at a time: in Fortran order the volume is its planes one
+        # after another, and a whole-volume tobytes() would copy the output once more.
+        for k in range(volume.shape[2]):
+            self._f.write(np.asarray(volume[:, :, k], dtype="<f4").tobytes(order="F"))
         self._written += 1
 
     def close(self) -> None:
