@@ -273,7 +273,7 @@ def test_shipped_dmri_configs_parse():
         assert cfg.dmri.holdout_axis == 2 and cfg.dmri.holdout_fraction == 0.25
         assert cfg.run.threads == 1
     main_cfgs = [load_train_config(CONFIGS / f"train_{m}_philips.yaml")
-                 for m in ("csr_dmri_s", "arssr_s", "csr_dmri_s_m1")]
+                 for m in ("csr_dmri_s", "arssr_s", "csr_dmri_s_m1", "csr_dmri_s_own")]
     ablations = [load_train_config(CONFIGS / f"dmri_table2/{m}.yaml")
                  for m in ("baseline", "m1", "m2")]
     assert all(c.dmri.frequency_weight == 0 and c.total_steps == main_cfgs[0].total_steps
@@ -282,7 +282,8 @@ def test_shipped_dmri_configs_parse():
                                                  "csr_dmri_s"]
     assert len({c.total_steps for c in main_cfgs}) == 1
     assert all(c.run.max_minutes == 60 and c.optim == main_cfgs[0].optim for c in main_cfgs)
-    assert [c.model.name for c in main_cfgs] == ["csr_dmri_s", "arssr_s", "csr_dmri_s_m1"]
+    assert [c.model.name for c in main_cfgs] == ["csr_dmri_s", "arssr_s", "csr_dmri_s_m1",
+                                                 "csr_dmri_s_own"]
     for name in ("philips", "siemens", "table2"):
         cfg = from_dict(DmriEvaluateConfig, load_yaml(CONFIGS / f"eval_dmri_{name}.yaml"))
         assert cfg.scales == [2, 3, 4, 2.4]
