@@ -17,7 +17,8 @@ from mrisr.grid import make_coord
 from mrisr.io.nifti import Volume
 from mrisr.models import create_model, load_checkpoint
 from mrisr.models.csr_dmri import ArSSRDecoder, grid_point_query
-from mrisr.models.query import grid_positions, sample_points
+from mrisr.models.query import (bspline_coefficients, grid_positions, sample_bspline,
+                                sample_points)
 from mrisr.resample import resample_to_grid
 from mrisr.training import build_task, train
 from mrisr.training.config import TrainConfig
@@ -148,7 +149,9 @@ def test_rigid_registration_recovers_a_header_translation(phantom):
 
 @pytest.mark.parametrize("args,t1_shape", [
     ({}, "lr"), ({"decoder": "arssr"}, "lr"), ({"decoder": "baseline", "use_t1": False}, None),
-    ({"use_t1": False}, None), ({"t1_mode": "own_resolution"}, "hr")])
+    ({"use_t1": False}, None), ({"t1_mode": "own_resolution"}, "hr"),
+    ({"image_residual": "bspline"}, "lr"), ({"image_residual": "linear", "use_t1": False}, None),
+    ({"image_residual": "bspline", "t1_mode": "own_resolution"}, "hr")])
 def test_family_shapes_and_chunked_grid_decode(args, t1_shape):
     torch.manual_seed(0)
     model = create_model("csr_dmri", **TINY_3D, **args).eval()
@@ -200,6 +203,39 @@ def test_family_architectures_follow_the_papers():
     assert sum(p.numel() for p in arssr.decoder.parameters()) == 364676
     assert create_model("csr_dmri_s_own").t1_encoder is not None
     assert create_model("csr_dmri_s_baseline").use_coord is False
+
+
+@pytest.mark.parametrize("shape,out_shape", [((7, 9, 5), (15, 20, 12)), ((6, 8), (13, 19)),
+                                             ((1, 12, 9), (2, 25, 20))])
+def test_bspline_sampling_equals_scipy_cubic_spline_zoom(shape, out_shape):
+    x = np.random.default_rng(0).random(shape)
+    axes = [grid_positions(n, m) for n, m in zip(shape, out_shape)]
+    grid = torch.stack(torch.meshgrid(*axes, indexing="ij"), -1).reshape(1, -1, len(shape))
+    coef = bspline_coefficients(torch.from_numpy(x)[None, None].expand(2, 3, *shape))
+    got = sample_bspline(coef, grid)
+    assert got.shape == (2, int(np.prod(out_shape)), 3)
+    np.testing.assert_allclose(got[1, :, 2].reshape(out_shape).numpy(),
+                               spline_resize(x, out_shape, 3), atol=1e-5)
+    # At the voxel centres the spline returns the voxel values.
+    centres = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float64) for n in shape],
+                                         indexing="ij"), -1).reshape(1, -1, len(shape))
+    np.testing.assert_allclose(sample_bspline(coef, centres)[0, :, 0].numpy(), x.ravel(),
+                               atol=1e-10)
+
+
+@pytest.mark.parametrize("mode,order", [("bspline", 3), ("linear", 1)])
+def test_image_residual_adds_the_interpolated_lr_image(mode, order):
+    torch.manual_seed(0)
+    model = create_model("csr_dmri", **TINY_3D, use_t1=False, image_residual=mode).eval()
+    torch.nn.init.zeros_(model.decoder.out.weight)
+    torch.nn.init.zeros_(model.decoder.out.bias)
+    lr = torch.rand(1, 1, 6, 7, 5, dtype=torch.float64)
+    with torch.no_grad():
+        out = model.double()(lr, None, (13, 15, 11))[0, 0].numpy()
+    np.testing.assert_allclose(out, spline_resize(lr[0, 0].numpy(), (13, 15, 11), order),
+                               atol=1e-5)
+    with pytest.raises(ValueError, match="image_residual"):
+        create_model("csr_dmri", **TINY_3D, image_residual="cubic")
 
 
 def test_residual_enters_after_the_fourth_relu():

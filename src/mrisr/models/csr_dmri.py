@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mrisr.models.query import sample_points
+from mrisr.models.query import bspline_coefficients, sample_bspline, sample_points
 from mrisr.models.rdn import RDN
 
 __all__ = ["PointQuery", "VolumeFeatures", "CSRdMRI", "ArSSR", "ImplicitFunction",
@@ -109,11 +109,14 @@ def iter_grid_queries(lr_shape: Sequence[int], out_shape: Sequence[int], chunk: 
 
 @dataclass
 class VolumeFeatures:
-    """Encoder output: ``dwi`` features ``(B, F, *lr_shape)`` and, with
-    ``t1_mode="own_resolution"``, the T1w's ``(B, F, *t1_shape)``."""
+    """Encoder output: ``dwi`` features ``(B, F, *lr_shape)``; with
+    ``t1_mode="own_resolution"``, the T1w's ``(B, F, *t1_shape)``; with an image residual,
+    ``residual``: the LR DWI ``(B, 1, *lr_shape)`` (``linear``) or its cubic B-spline
+    coefficients (``bspline``)."""
 
     dwi: torch.Tensor
     t1: Optional[torch.Tensor] = None
+    residual: Optional[torch.Tensor] = None
 
 
 class ImplicitFunction(nn.Module):
@@ -202,6 +205,10 @@ class CSRdMRI(nn.Module):
         t1_mode: ``lr_channel`` (the paper: T1w degraded to the LR grid, stacked as channel 2)
             or ``own_resolution`` (T1w on its own grid, second encoder).
         chunk: query points per decoder call in :meth:`decode_grid`.
+        image_residual: ``"bspline"`` adds the LR DWI interpolated at the query point by a
+            cubic B-spline (the interpolation of the training degradation and of the Bicubic
+            baseline) to the decoder's output, so the network learns only what interpolation
+            misses; ``"linear"`` uses trilinear interpolation; ``False`` (the paper) none.
     """
 
     in_channels = 1
@@ -210,8 +217,13 @@ class CSRdMRI(nn.Module):
     def __init__(self, G0: int = 64, D: int = 8, C: int = 3, G: int = 64,
                  feature_channels: int = 128, hidden: int = 256, n_layers: int = 8,
                  skip_at: int = 4, use_t1: bool = True, use_coord: bool = True,
-                 decoder: str = "csr", t1_mode: str = "lr_channel", chunk: int = 2 ** 16):
+                 decoder: str = "csr", t1_mode: str = "lr_channel", chunk: int = 2 ** 16,
+                 image_residual: Union[bool, str] = False):
         super().__init__()
+        if image_residual not in (False, None, "linear", "bspline"):
+            raise ValueError(f"image_residual must be false, 'linear' or 'bspline', got "
+                             f"{image_residual!r}")
+        self.image_residual = image_residual or None
         if decoder not in ("csr", "arssr", "baseline"):
             raise ValueError(f"decoder must be csr, arssr or baseline, got {decoder!r}")
         if t1_mode not in ("lr_channel", "own_resolution"):
@@ -251,16 +263,22 @@ class CSRdMRI(nn.Module):
         ``apply(encoder, input)`` runs an encoder on its input (default: ``encoder(input)``);
         whole-volume inference passes a tiled runner (:mod:`mrisr.inference.volume3d`)."""
         run = apply or (lambda encoder, x: encoder(x))
+        residual = None
+        if self.image_residual == "bspline":
+            residual = bspline_coefficients(lr)
+        elif self.image_residual == "linear":
+            residual = lr
         if not self.use_t1:
-            return VolumeFeatures(run(self.encoder, lr))
+            return VolumeFeatures(run(self.encoder, lr), residual=residual)
         if reference is None:
             raise ValueError("this CSR-dMRI model needs a T1w reference image")
         if self.t1_mode == "lr_channel":
             if reference.shape[2:] != lr.shape[2:]:
                 raise ValueError(f"T1w of shape {tuple(reference.shape[2:])} is not on the LR "
                                  f"grid {tuple(lr.shape[2:])}")
-            return VolumeFeatures(run(self.encoder, torch.cat([lr, reference], dim=1)))
-        return VolumeFeatures(run(self.encoder, lr), run(self.t1_encoder, reference))
+            return VolumeFeatures(run(self.encoder, torch.cat([lr, reference], dim=1)),
+                                  residual=residual)
+        return VolumeFeatures(run(self.encoder, lr), run(self.t1_encoder, reference), residual)
 
     # -- decoder -------------------------------------------------------------------------
     def decode(self, features: VolumeFeatures, query: PointQuery) -> torch.Tensor:
@@ -275,7 +293,12 @@ class CSRdMRI(nn.Module):
             if query.t1_points is None:
                 raise ValueError("t1_mode='own_resolution' needs query.t1_points")
             parts.append(sample_points(features.t1, query.t1_points.expand(b, -1, -1)))
-        return self.decoder(torch.cat(parts, dim=-1)).transpose(1, 2)
+        out = self.decoder(torch.cat(parts, dim=-1))
+        if features.residual is not None:
+            out = out + (sample_bspline(features.residual, points)
+                         if self.image_residual == "bspline"
+                         else sample_points(features.residual, points))
+        return out.transpose(1, 2)
 
     def decode_grid(self, features: VolumeFeatures, out_shape: Sequence[int],
                     chunk: Optional[int] = None) -> torch.Tensor:
