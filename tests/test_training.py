@@ -175,3 +175,18 @@ def test_torchrun_two_gloo_ranks_match_one_process(tmp_path):
         torch.testing.assert_close(ddp[key], single[key], rtol=1e-5, atol=1e-6)
     # Rank 0 alone writes the log.
     assert len((tmp_path / "ddp" / "log.csv").read_text().splitlines()) == 4
+
+
+def test_table2_runs_share_one_budget():
+    """Every row of paper Table 2 changes the strategy or the model, never the budget."""
+    from pathlib import Path
+    folder = Path(__file__).resolve().parents[1] / "configs" / "table2"
+    cfgs = {p.stem: load_train_config(p) for p in sorted(folder.glob("*.yaml"))}
+    assert set(cfgs) == {"base", "hr_ref", "lr_ref", "random", "noref", "noscale", "nocoord"}
+    base = cfgs["base"]
+    assert [p.name for p in base.curriculum] == ["warmup", "prelearn", "full"]
+    for name, cfg in cfgs.items():
+        assert cfg.total_steps == base.total_steps == 1200, name
+        assert cfg.optim == base.optim and cfg.run.seed == base.run.seed, name
+    assert {cfgs[n].model.name for n in ("noref", "noscale", "nocoord")} == {
+        "dualarbnet_s_noref", "dualarbnet_s_noscale", "dualarbnet_s_nocoord"}
