@@ -137,14 +137,15 @@ def bspline_coefficients(x: torch.Tensor) -> torch.Tensor:
     device; meant for images of up to a few hundred voxels per axis."""
     for axis in range(x.ndim - 2):
         n = x.shape[2 + axis]
-        m = torch.zeros(n, n, dtype=torch.float64, device=x.device)
-        idx = torch.arange(n, device=x.device)
+        # Built and inverted on the CPU in float64 (MPS has no float64), then moved to x.
+        m = torch.zeros(n, n, dtype=torch.float64)
+        idx = torch.arange(n)
         m[idx, idx] = 4.0 / 6.0
         m[idx[:-1], idx[1:]] = 1.0 / 6.0
         m[idx[1:], idx[:-1]] = 1.0 / 6.0
         m[0, 0] += 1.0 / 6.0  # the voxel before the first mirrors the first
         m[n - 1, n - 1] += 1.0 / 6.0
-        inverse = torch.linalg.inv(m).to(x.dtype)
+        inverse = torch.linalg.inv(m).to(device=x.device, dtype=x.dtype)
         x = torch.movedim(torch.movedim(x, 2 + axis, -1) @ inverse.T, -1, 2 + axis)
     return x
 
