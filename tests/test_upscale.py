@@ -8,7 +8,7 @@ import torch
 
 from mrisr.cli.main import main
 from mrisr.data.phantom import make_brain_phantom, make_dwi_phantom
-from mrisr.degradation import degrade_volume
+from mrisr.degradation import degrade_volume, thick_slice
 from mrisr.errors import InputError
 from mrisr.evaluation.metrics import psnr
 from mrisr.grid import resample_affine, voxel_sizes
@@ -164,11 +164,8 @@ def test_real_volume_round_trips_axial_sagittal_oblique(tmp_path):
 
     def thick(data, affine, axis):
         # 2 mm slices from pairs of 1 mm slices: anisotropic voxels.
-        n = data.shape[axis] // 2 * 2
-        moved = np.moveaxis(data, axis, 0)[:n]
-        out = np.moveaxis(moved.reshape(n // 2, 2, *moved.shape[1:]).mean(1), 0, axis)
-        kept = [n if i == axis else d for i, d in enumerate(data.shape)]
-        return out, resample_affine(affine, kept, out.shape)
+        out = thick_slice(data, 2.0, axis)
+        return out, resample_affine(affine, data.shape, out.shape)
 
     cases = {}
     t2a, t1a, aff = crop((slice(40, 200), slice(30, 210), slice(66, 78)))
