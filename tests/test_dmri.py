@@ -151,10 +151,14 @@ def test_rigid_registration_recovers_a_header_translation(phantom):
     ({}, "lr"), ({"decoder": "arssr"}, "lr"), ({"decoder": "baseline", "use_t1": False}, None),
     ({"use_t1": False}, None), ({"t1_mode": "own_resolution"}, "hr"),
     ({"image_residual": "bspline"}, "lr"), ({"image_residual": "linear", "use_t1": False}, None),
-    ({"image_residual": "bspline", "t1_mode": "own_resolution"}, "hr")])
+    ({"image_residual": "bspline", "t1_mode": "own_resolution"}, "hr"),
+    ({"coordinate": "relative", "use_scale": True}, "lr"),
+    ({"t1_mode": "own_resolution", "t1_encoder": {"G0": 4, "out_channels": 3}}, "hr")])
 def test_family_shapes_and_chunked_grid_decode(args, t1_shape):
     torch.manual_seed(0)
     model = create_model("csr_dmri", **TINY_3D, **args).eval()
+    if model.image_residual:  # its last layer starts at zero: make the decoder visible
+        torch.nn.init.normal_(model.decoder.out.weight)
     lr_shape, out_shape = (5, 6, 4), (11, 13, 9)
     lr = torch.rand(2, 1, *lr_shape)
     ref = {"lr": torch.rand(2, 1, *lr_shape), "hr": torch.rand(2, 1, *out_shape),
@@ -169,9 +173,12 @@ def test_family_shapes_and_chunked_grid_decode(args, t1_shape):
         points = model(lr, ref, query)
         assert points.shape == (2, 1, int(np.prod(out_shape)))
         torch.testing.assert_close(points.reshape(whole.shape), whole)
-        moved = model.decode(feats, type(query)(query.points, -query.coords, query.t1_points))
-    # The implicit decoders read the output coordinate; the no-INR baseline does not.
-    assert torch.equal(moved, points) == (args.get("decoder") == "baseline")
+        moved = model.decode(feats, type(query)(query.points, -query.coords, query.t1_points,
+                                                 query.scales))
+    # The implicit decoders read the absolute output coordinate; the no-INR baseline and the
+    # relative coordinate do not.
+    assert torch.equal(moved, points) == (args.get("decoder") == "baseline" or
+                                          args.get("coordinate") == "relative")
     if model.use_t1:
         with pytest.raises(ValueError, match="needs a T1w"):
             model(lr, None, out_shape)
@@ -236,6 +243,38 @@ def test_image_residual_adds_the_interpolated_lr_image(mode, order):
                                atol=1e-5)
     with pytest.raises(ValueError, match="image_residual"):
         create_model("csr_dmri", **TINY_3D, image_residual="cubic")
+
+
+def test_an_untrained_residual_model_is_the_bspline_interpolation():
+    model = create_model("csr_dmri_s", G0=8, D=1, C=2, G=8).double().eval()
+    lr = torch.rand(1, 1, 6, 7, 5, dtype=torch.float64)
+    with torch.no_grad():
+        out = model(lr, torch.rand_like(lr), (13, 15, 11))[0, 0].numpy()
+    np.testing.assert_allclose(out, spline_resize(lr[0, 0].numpy(), (13, 15, 11), 3), atol=1e-5)
+
+
+def test_relative_coordinate_and_scale_inputs():
+    torch.manual_seed(0)
+    model = create_model("csr_dmri", **TINY_3D, use_t1=False, coordinate="relative",
+                         use_scale=True).double().eval()
+    lr = torch.rand(1, 1, 5, 6, 4, dtype=torch.float64)
+    query = grid_point_query((5, 6, 4), (10, 12, 8), dtype=torch.float64)
+    torch.testing.assert_close(query.scales, torch.full((1, 3), 2.0, dtype=torch.float64))
+    with torch.no_grad():
+        feats = model.encode(lr)
+        out = model.decode(feats, query)
+        # Output voxel 0 of a x2 grid lies a quarter voxel before LR centre 0: offset -0.5.
+        seen = []
+        model.decoder.register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+        model.decode(feats, query)
+        torch.testing.assert_close(seen[0][0, 0, :6], torch.tensor(
+            [-0.5, -0.5, -0.5, 0.5, 0.5, 0.5], dtype=torch.float64))
+        other = type(query)(query.points, query.coords, None, query.scales * 2)
+        assert not torch.allclose(model.decode(feats, other), out)
+        with pytest.raises(ValueError, match="scales is missing"):
+            model.decode(feats, type(query)(query.points, query.coords))
+    with pytest.raises(ValueError, match="coordinate"):
+        create_model("csr_dmri", **TINY_3D, coordinate="patch")
 
 
 def test_residual_enters_after_the_fourth_relu():

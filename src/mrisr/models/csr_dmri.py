@@ -48,12 +48,15 @@ class PointQuery:
         being decoded (the whole volume at inference, the HR patch in training).
     t1_points: ``(B, P, 3)`` the same points as continuous voxel indices on the T1w's own grid
         (only for ``t1_mode="own_resolution"``).
+    scales: ``(B, 3)`` output voxels per LR voxel along each axis (only for models with
+        ``use_scale``).
     A batch dimension of 1 is broadcast over the batch.
     """
 
     points: torch.Tensor
     coords: torch.Tensor
     t1_points: Optional[torch.Tensor] = None
+    scales: Optional[torch.Tensor] = None
 
     def __len__(self) -> int:
         return int(self.points.shape[1])
@@ -61,11 +64,13 @@ class PointQuery:
     def chunk(self, start: int, stop: int) -> "PointQuery":
         """The points ``start .. stop-1``."""
         t1 = self.t1_points[:, start:stop] if self.t1_points is not None else None
-        return PointQuery(self.points[:, start:stop], self.coords[:, start:stop], t1)
+        return PointQuery(self.points[:, start:stop], self.coords[:, start:stop], t1,
+                          self.scales)
 
     def to(self, device) -> "PointQuery":
         t1 = self.t1_points.to(device) if self.t1_points is not None else None
-        return PointQuery(self.points.to(device), self.coords.to(device), t1)
+        scales = self.scales.to(device) if self.scales is not None else None
+        return PointQuery(self.points.to(device), self.coords.to(device), t1, scales)
 
 
 def _grid_indices(shape: Sequence[int], start: int, stop: int, device=None) -> torch.Tensor:
@@ -92,8 +97,10 @@ def grid_point_query(lr_shape: Sequence[int], out_shape: Sequence[int], start: i
         n = torch.tensor(list(shape), dtype=torch.float64, device=device)
         return ((idx + 0.5) * (n / out) - 0.5).to(dtype)[None]
     coords = ((2 * idx + 1) / out - 1).to(dtype)[None]
+    scales = (out / torch.tensor(list(lr_shape), dtype=torch.float64, device=device))
     return PointQuery(positions(lr_shape), coords,
-                      positions(t1_shape) if t1_shape is not None else None)
+                      positions(t1_shape) if t1_shape is not None else None,
+                      scales.to(dtype)[None])
 
 
 def iter_grid_queries(lr_shape: Sequence[int], out_shape: Sequence[int], chunk: int,
@@ -122,10 +129,12 @@ class VolumeFeatures:
 class ImplicitFunction(nn.Module):
     """CSR-dMRI's implicit function: ``n_layers`` Linear+ReLU of width ``hidden``, the input
     (projected when its width differs) added to the output of ReLU number ``skip_at``, then a
-    linear layer to ``out_channels``. ``(..., in_features) -> (..., out_channels)``."""
+    linear layer to ``out_channels``. ``(..., in_features) -> (..., out_channels)``.
+    ``zero_output`` starts the last layer at zero (for a decoder that corrects an
+    interpolation, so training starts from that interpolation)."""
 
     def __init__(self, in_features: int, hidden: int = 256, n_layers: int = 8, skip_at: int = 4,
-                 out_channels: int = 1):
+                 out_channels: int = 1, zero_output: bool = False):
         super().__init__()
         if not 1 <= skip_at <= n_layers:
             raise ValueError(f"skip_at must be in 1..{n_layers}, got {skip_at}")
@@ -135,6 +144,9 @@ class ImplicitFunction(nn.Module):
             nn.Linear(in_features, hidden, bias=False)
         self.skip_at = skip_at
         self.out = nn.Linear(hidden, out_channels)
+        if zero_output:
+            nn.init.zeros_(self.out.weight)
+            nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
@@ -200,7 +212,13 @@ class CSRdMRI(nn.Module):
         hidden: decoder width (256 in the paper and ArSSR).
         n_layers, skip_at: CSR decoder depth and the ReLU that receives the input residual.
         use_t1: encode the T1w image too (2 input channels on the LR grid).
-        use_coord: feed the normalised output coordinate to the decoder.
+        use_coord: feed a coordinate of the query point to the decoder.
+        coordinate: which one: ``absolute`` (the paper and ArSSR: the position on the output
+            grid in ``[-1, 1]``, normalised over the HR patch in training and over the volume
+            at inference) or ``relative`` (the offset from the nearest LR voxel centre in half
+            voxels, in ``[-1, 1)``: the same in training and inference, on any field of view).
+        use_scale: feed the query's cell size (LR voxels per output voxel, per axis) to the
+            decoder, so one model can tell x2 from x4.
         decoder: ``csr``, ``arssr`` or ``baseline``.
         t1_mode: ``lr_channel`` (the paper: T1w degraded to the LR grid, stacked as channel 2)
             or ``own_resolution`` (T1w on its own grid, second encoder).
@@ -209,6 +227,10 @@ class CSRdMRI(nn.Module):
             cubic B-spline (the interpolation of the training degradation and of the Bicubic
             baseline) to the decoder's output, so the network learns only what interpolation
             misses; ``"linear"`` uses trilinear interpolation; ``False`` (the paper) none.
+            The CSR decoder's last layer then starts at zero: an untrained model is the
+            interpolation.
+        t1_encoder: RDN sizes (``G0, D, C, G, out_channels``) of the second encoder of
+            ``own_resolution``; missing keys take the DWI encoder's.
     """
 
     in_channels = 1
@@ -218,8 +240,11 @@ class CSRdMRI(nn.Module):
                  feature_channels: int = 128, hidden: int = 256, n_layers: int = 8,
                  skip_at: int = 4, use_t1: bool = True, use_coord: bool = True,
                  decoder: str = "csr", t1_mode: str = "lr_channel", chunk: int = 2 ** 16,
-                 image_residual: Union[bool, str] = False):
+                 image_residual: Union[bool, str] = False, coordinate: str = "absolute",
+                 use_scale: bool = False, t1_encoder: Optional[dict] = None):
         super().__init__()
+        if coordinate not in ("absolute", "relative"):
+            raise ValueError(f"coordinate must be absolute or relative, got {coordinate!r}")
         if image_residual not in (False, None, "linear", "bspline"):
             raise ValueError(f"image_residual must be false, 'linear' or 'bspline', got "
                              f"{image_residual!r}")
@@ -232,17 +257,24 @@ class CSRdMRI(nn.Module):
         self.t1_mode = t1_mode if use_t1 else None
         # The baseline has no implicit function, hence no coordinate input.
         self.use_coord = use_coord and decoder != "baseline"
+        self.coordinate = coordinate
+        self.use_scale = use_scale and decoder != "baseline"
         self.decoder_kind = decoder
         self.chunk = chunk
         stacked = use_t1 and t1_mode == "lr_channel"
         self.encoder = RDN(2 if stacked else 1, G0, D, C, G, out_channels=feature_channels,
                            dims=3)
-        self.t1_encoder = RDN(1, G0, D, C, G, out_channels=feature_channels, dims=3) \
-            if use_t1 and t1_mode == "own_resolution" else None
-        width = feature_channels * (2 if self.t1_encoder is not None else 1) + \
-            (3 if self.use_coord else 0)
+        self.t1_encoder = None
+        width = feature_channels + (3 if self.use_coord else 0) + (3 if self.use_scale else 0)
+        if use_t1 and t1_mode == "own_resolution":
+            sizes = {"G0": G0, "D": D, "C": C, "G": G, "out_channels": feature_channels,
+                     **(t1_encoder or {})}
+            self.t1_encoder = RDN(1, sizes["G0"], sizes["D"], sizes["C"], sizes["G"],
+                                  out_channels=sizes["out_channels"], dims=3)
+            width += sizes["out_channels"]
         if decoder == "csr":
-            self.decoder = ImplicitFunction(width, hidden, n_layers, skip_at)
+            self.decoder = ImplicitFunction(width, hidden, n_layers, skip_at,
+                                            zero_output=self.image_residual is not None)
         elif decoder == "arssr":
             self.decoder = ArSSRDecoder(width, hidden)
         else:
@@ -285,9 +317,18 @@ class CSRdMRI(nn.Module):
         """Intensities at the query points: ``(B, 1, P)``."""
         b = features.dwi.shape[0]
         points = query.points.expand(b, -1, -1)
+        dtype = features.dwi.dtype
         parts = []
         if self.use_coord:
-            parts.append(query.coords.expand(b, -1, -1).to(features.dwi.dtype))
+            if self.coordinate == "absolute":
+                parts.append(query.coords.expand(b, -1, -1).to(dtype))
+            else:
+                parts.append((2 * (points - torch.floor(points + 0.5))).to(dtype))
+        if self.use_scale:
+            if query.scales is None:
+                raise ValueError("this model reads the scale: query.scales is missing")
+            cell = (1 / query.scales.to(dtype)).expand(b, -1)
+            parts.append(cell[:, None, :].expand(-1, points.shape[1], -1))
         parts.append(sample_points(features.dwi, points))
         if features.t1 is not None:
             if query.t1_points is None:

@@ -173,7 +173,8 @@ class VolumePatchTask:
 
     @staticmethod
     def query(batch: dict) -> PointQuery:
-        return PointQuery(batch["points"], batch["coords"], batch.get("t1_points"))
+        scales = batch["scales"].reshape(1, 3).to(batch["points"].dtype)
+        return PointQuery(batch["points"], batch["coords"], batch.get("t1_points"), scales)
 
     def loss(self, model, batch: dict):
         """``L1 + frequency_weight * mean |FFT(pred) - FFT(hr)|`` over the HR patch (3D)."""
