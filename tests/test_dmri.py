@@ -344,11 +344,28 @@ def test_frequency_loss_enters_the_objective():
     assert float(heavy.detach()) > float(loss.detach())
 
 
+@pytest.mark.parametrize("queries,weight", [(0, 0.01), (40, 0.0)])
+def test_brain_loss_region_ignores_errors_outside_the_mask(queries, weight):
+    task, model = tiny_task(loss_region="brain", queries=queries, frequency_weight=weight)
+    batch = next(b for b in map(task.batch, range(20)) if not b["brain"].all())
+    brain = batch["brain"]
+    assert brain.dtype == torch.bool and brain.shape == batch["hr"].shape and brain.any()
+    loss, _ = task.loss(model, batch)
+    moved = dict(batch, hr=torch.where(brain, batch["hr"], batch["hr"] + 5.0))
+    torch.testing.assert_close(task.loss(model, moved)[0], loss)
+    moved = dict(batch, hr=torch.where(brain, batch["hr"] + 0.5, batch["hr"]))
+    assert float(task.loss(model, moved)[0].detach()) > float(loss.detach()) + 0.01
+    patch_task, _ = tiny_task(queries=queries, frequency_weight=weight)
+    assert "brain" not in patch_task.batch(0)
+
+
 def test_config_errors_are_one_line():
     with pytest.raises(ConfigError, match="task must be one of slices2d, dmri3d"):
         from_dict(TrainConfig, {"task": "dmri"})
     with pytest.raises(ConfigError, match="frequency_weight needs the whole HR patch"):
         dmri_config(queries=10)
+    with pytest.raises(ConfigError, match="dmri.loss_region must be patch or brain"):
+        dmri_config(loss_region="mask")
     with pytest.raises(ConfigError, match="dmri.subjects is required"):
         dmri_config(kind="files")
     with pytest.raises(ConfigError, match="missing required key 'dmri.subjects\\[0\\].dwi'"):

@@ -284,7 +284,7 @@ def test_shipped_dmri_configs_parse():
     assert all(c.run.max_minutes == 60 and c.optim == main_cfgs[0].optim for c in main_cfgs)
     assert [c.model.name for c in main_cfgs] == ["csr_dmri_s", "arssr_s", "csr_dmri_s_m1",
                                                  "csr_dmri_s_own"]
-    for name in ("philips", "siemens", "table2", "t1_input"):
+    for name in ("philips", "siemens", "table2"):
         cfg = from_dict(DmriEvaluateConfig, load_yaml(CONFIGS / f"eval_dmri_{name}.yaml"))
         assert cfg.scales == [2, 3, 4, 2.4]
     siemens = from_dict(DmriEvaluateConfig, load_yaml(CONFIGS / "eval_dmri_siemens.yaml"))

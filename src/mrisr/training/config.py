@@ -134,6 +134,9 @@ class DmriDataConfig(DwiSourceConfig):
     frequency_weight: lambda of ``L1 + lambda * mean |FFT(pred) - FFT(hr)|`` (paper 0.01). The
         ``loss`` section configures the 2D task only; for this task the phase's ``steps`` and
         ``lr`` apply, its scale and reference settings do not.
+    loss_region: ``patch`` (the paper: every HR voxel of the patch) or ``brain`` (only voxels
+        inside the brain mask, where the evaluation scores and the attenuation is defined;
+        outside it the prediction is replaced by the target before both loss terms).
     """
 
     lr_patch: int = 10
@@ -141,9 +144,13 @@ class DmriDataConfig(DwiSourceConfig):
     per_axis: bool = False
     queries: int = 0
     frequency_weight: float = 0.01
+    loss_region: str = "patch"
 
     def validate(self, source: str) -> None:
         super().validate(source)
+        if self.loss_region not in ("patch", "brain"):
+            raise ConfigError(f"{source}: dmri.loss_region must be patch or brain, got "
+                              f"'{self.loss_region}'")
         if self.lr_patch < 2:
             raise ConfigError(f"{source}: dmri.lr_patch must be at least 2")
         if len(self.scale_range) != 2 or not 1.0 <= self.scale_range[0] <= self.scale_range[1]:

@@ -153,15 +153,18 @@ class VolumePatchTask:
         crop = tuple(slice(int(o), int(o + n)) for o, n in zip(origin, size))
         lr_shape = (self.d.lr_patch,) * 3
         hr = np.ascontiguousarray(s.shell[crop + (volume,)], dtype=np.float32)
+        pick = np.random.default_rng(query_seed).choice(
+            hr.size, self.d.queries, replace=hr.size < self.d.queries) if self.d.queries else None
         item = {"lr": spline_resize(hr, lr_shape, order=3)[None].astype(np.float32),
                 "origin": origin.astype(np.int64), "volume": np.int64(volume)}
+        if self.d.loss_region == "brain":
+            brain = np.ascontiguousarray(s.mask[crop], dtype=bool)[None]
+            item["brain"] = (brain.reshape(1, -1)[:, pick] if self.d.queries else brain)
         if self.use_t1:
             t1 = np.ascontiguousarray(s.t1[crop], dtype=np.float32)
             ref = t1 if self.t1_mode == "own_resolution" else spline_resize(t1, lr_shape, 3)
             item["ref"] = ref[None].astype(np.float32)
         if self.d.queries:
-            pick = np.random.default_rng(query_seed).choice(hr.size, self.d.queries,
-                                                            replace=hr.size < self.d.queries)
             item["hr"] = hr.reshape(1, -1)[:, pick]
             item["points"] = grid.points[0, pick].numpy()
             item["coords"] = grid.coords[0, pick].numpy()
@@ -177,8 +180,12 @@ class VolumePatchTask:
         return PointQuery(batch["points"], batch["coords"], batch.get("t1_points"), scales)
 
     def loss(self, model, batch: dict):
-        """``L1 + frequency_weight * mean |FFT(pred) - FFT(hr)|`` over the HR patch (3D)."""
+        """``L1 + frequency_weight * mean |FFT(pred) - FFT(hr)|`` over the HR patch (3D); with
+        ``loss_region: brain`` only the brain voxels' errors count."""
         pred = model(batch["lr"], batch.get("ref"), self.query(batch))
         target = batch["hr"]
+        pred = pred.reshape(target.shape)
+        if "brain" in batch:
+            pred = torch.where(batch["brain"], pred, target)
         weight = 0.0 if self.d.queries else self.d.frequency_weight
-        return sr_loss(pred.reshape(target.shape), target, 3, weight, None, "all", "l1")
+        return sr_loss(pred, target, 3, weight, None, "all", "l1")
