@@ -64,6 +64,24 @@ def test_tiled_encoding_equals_whole_volume_encoding(args):
     assert torch.equal(encode_tiled(model.encoder, x, tile=40), whole.dwi)
 
 
+def test_own_resolution_t1w_is_encoded_once_per_series():
+    model = tiny(t1_mode="own_resolution")
+    calls = []
+    model.t1_encoder.register_forward_hook(lambda *a: calls.append(1))
+    upscaler = VolumeUpscaler(model, torch.device("cpu"), tile=None)
+    rng = np.random.default_rng(0)
+    t1 = rng.random((14, 12, 10), dtype=np.float32)
+    volumes = [rng.random((7, 6, 5), dtype=np.float32) for _ in range(3)]
+    outs = [upscaler(v, t1.shape, t1) for v in volumes]
+    assert len(calls) == 1
+    other = t1.copy()  # another array: encoded anew
+    fresh = VolumeUpscaler(tiny(t1_mode="own_resolution"), torch.device("cpu"), tile=None)
+    for v, out in zip(volumes, outs):
+        np.testing.assert_allclose(fresh(v, t1.shape, t1.copy()), out, atol=1e-6)
+    upscaler(volumes[0], t1.shape, other)
+    assert len(calls) == 2
+
+
 def test_volume_upscaler_decodes_in_chunks_into_a_given_array():
     model = tiny()
     lr, t1 = np.random.default_rng(0).random((2, 9, 8, 7)).astype(np.float32)

@@ -124,6 +124,22 @@ class VolumeUpscaler:
         self.chunk = int(chunk)
         self.amp = amp and device.type == "cuda"
         self.uses_reference = bool(getattr(model, "use_reference", False))
+        # (T1w array, its features): the volumes of a 4D series share one T1w, so a model that
+        # encodes it at its own resolution encodes it once, not once per volume.
+        self._t1_features: Optional[tuple[np.ndarray, torch.Tensor]] = None
+
+    def _encoder_runner(self, t1: Optional[np.ndarray]):
+        """The ``apply`` of :meth:`CSRdMRI.encode`: tiled encoders, the T1w encoder's result
+        reused while the same ``t1`` array is passed."""
+        t1_encoder = getattr(self.model, "t1_encoder", None)
+
+        def run(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+            if encoder is not t1_encoder or t1_encoder is None:
+                return encode_tiled(encoder, x, self.tile)
+            if self._t1_features is None or self._t1_features[0] is not t1:
+                self._t1_features = (t1, encode_tiled(encoder, x, self.tile))
+            return self._t1_features[1]
+        return run
 
     @torch.no_grad()
     def __call__(self, lr: np.ndarray, out_shape: Sequence[int], t1: Optional[np.ndarray] = None,
@@ -159,7 +175,8 @@ class VolumeUpscaler:
         plane = int(np.prod(out_shape[1:]))
         x = torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32))[None, None]
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-            features = encode_volume(self.model, x.to(self.device), ref, self.tile)
+            features = self.model.encode(x.to(self.device), ref,
+                                         apply=self._encoder_runner(t1))
             t1_shape = features.t1.shape[2:] if features.t1 is not None else None
             for start, stop, query in iter_grid_queries(lr.shape, out_shape, self.chunk,
                                                         t1_shape, self.device):
