@@ -7,6 +7,7 @@ Interpolation baselines are registered here; learned models register themselves 
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
@@ -38,14 +39,15 @@ class SRCase:
     reference_scale: tuple[float, ...] = ()
 
 
-class SRMethod:
+class SRMethod(ABC):
     """Base class: ``uses_reference`` tells the harness whether the reference type matters."""
 
     name: str = "method"
     uses_reference: bool = False
 
-    def __call__(self, case: SRCase) -> np.ndarray:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abstractmethod
+    def __call__(self, case: SRCase) -> np.ndarray:
+        """The super-resolved magnitude image on ``case.out_shape``."""
 
 
 _REGISTRY: dict[str, Callable[..., SRMethod]] = {}

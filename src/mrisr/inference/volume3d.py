@@ -134,7 +134,7 @@ class VolumeUpscaler:
         t1_encoder = getattr(self.model, "t1_encoder", None)
 
         def run(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
-            if encoder is not t1_encoder or t1_encoder is None:
+            if encoder is not t1_encoder:
                 return encode_tiled(encoder, x, self.tile)
             if self._t1_features is None or self._t1_features[0] is not t1:
                 self._t1_features = (t1, encode_tiled(encoder, x, self.tile))

@@ -31,7 +31,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mrisr.models.query import bspline_coefficients, sample_bspline, sample_points
+from mrisr.models.query import (bspline_coefficients, relative_offset, sample_bspline,
+                                sample_points)
 from mrisr.models.rdn import RDN
 
 __all__ = ["PointQuery", "VolumeFeatures", "CSRdMRI", "ArSSR", "ImplicitFunction",
@@ -323,7 +324,9 @@ class CSRdMRI(nn.Module):
             if self.coordinate == "absolute":
                 parts.append(query.coords.expand(b, -1, -1).to(dtype))
             else:
-                parts.append((2 * (points - torch.floor(points + 0.5))).to(dtype))
+                sizes = features.dwi.shape[2:]
+                parts.append(torch.stack([relative_offset(points[..., axis], n)
+                                          for axis, n in enumerate(sizes)], dim=-1).to(dtype))
         if self.use_scale:
             if query.scales is None:
                 raise ValueError("this model reads the scale: query.scales is missing")
