@@ -6,11 +6,11 @@ from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from mrisr.config import from_dict
-from mrisr.data.dwi import (b0_indices, brain_mask, denormalise, load_dwi_subject,
-                            normalise_by_b0, phantom_dwi_subject, place_t1_on_dwi_grid,
-                            select_shell)
+from mrisr.data.dwi import (attenuation_level, b0_indices, brain_mask, denormalise,
+                            load_dwi_subject, normalise_by_b0, phantom_dwi_subject,
+                            place_t1_on_dwi_grid, scale_t1, select_shell)
 from mrisr.data.phantom import make_brain_phantom, make_dwi_phantom
-from mrisr.degradation import spline_resize
+from mrisr.degradation import degrade, spline_resize
 from mrisr.errors import ConfigError, InputError
 from mrisr.evaluation.diffusion import evaluate_dwi_volume, fit_tensors, tensor_fidelity
 from mrisr.grid import make_coord
@@ -90,6 +90,30 @@ def test_b0_normalisation_gives_the_attenuation_and_round_trips(phantom):
     np.testing.assert_allclose(back[kept], dwi[..., 2:][kept], rtol=1e-5, atol=1e-7)
     masked, _ = normalise_by_b0(dwi, bvals, mask=phantom.brain_mask, clip=0.5)
     assert not masked[~phantom.brain_mask].any() and masked.max() <= 0.5
+
+
+def test_attenuation_level_is_equivariant_and_survives_downsampling(phantom):
+    subject = phantom_dwi_subject(phantom)
+    volume = subject.shell[..., 0]
+    level = attenuation_level(volume)
+    assert 0.2 < level < 0.8
+    assert attenuation_level(2.5 * volume) == pytest.approx(2.5 * level, rel=1e-5)
+    # What inference computes from the LR volume is close to what training took from the HR
+    # one (the phantom is small: at x3 a tenth of its LR brain voxels touch the border).
+    for scale, tolerance in ((2.0, 0.02), (3.0, 0.08)):
+        lr = degrade(volume[None], scale, kind="bicubic", n_spatial=3)[0]
+        assert attenuation_level(lr) == pytest.approx(level, rel=tolerance)
+    assert attenuation_level(np.zeros((4, 4, 4))) == 1.0
+
+
+def test_t1_is_scaled_by_its_brain_median_whatever_the_scalp(phantom):
+    mask = phantom.brain_mask
+    t1 = phantom.t1w.astype(np.float32)
+    scaled = scale_t1(t1, mask)
+    assert np.median(scaled[mask & (t1 > 0)]) == pytest.approx(1.0, rel=1e-4)
+    # Bright fat outside the brain mask does not change the scaling.
+    fat = np.where(mask, t1, 50.0 * t1.max())
+    np.testing.assert_allclose(scale_t1(fat, mask)[mask], scaled[mask], rtol=1e-6)
 
 
 def test_brain_mask_from_the_mean_b0(phantom):
@@ -320,6 +344,34 @@ def test_patches_are_deterministic_consistent_and_stay_out_of_the_holdout():
             errs.append(float((up - hr).abs().mean()))
         assert errs[1] < min(errs[0], errs[2])
     assert len(scales) > 4
+
+
+def test_level_norm_divides_each_patch_by_its_volume_level():
+    plain, _ = tiny_task()
+    cfg = dmri_config(model={"name": "csr_dmri", "args": {**TINY_3D, "level_norm": True}})
+    task = build_task(cfg, create_model(cfg.model.name, **cfg.model.args))
+    subject, region = task.subjects[0], task.regions[0]
+    expected = [attenuation_level(subject.shell[region + (v,)])
+                for v in range(subject.shell.shape[3])]
+    np.testing.assert_allclose(task.levels[0], expected)
+    assert 0.2 < min(expected) and max(expected) < 0.8
+    a, b = plain.batch(2), task.batch(2)
+    levels = torch.from_numpy(task.levels[0][a["volume"].numpy()]).reshape(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(b["hr"], a["hr"] / levels)
+    torch.testing.assert_close(b["ref"], a["ref"])
+
+
+def test_t1_gamma_bends_the_t1_patch_and_is_validated():
+    plain, _ = tiny_task()
+    bent, _ = tiny_task(t1_gamma=[0.5, 2.0])
+    a, b = plain.batch(4), bent.batch(4)
+    torch.testing.assert_close(b["hr"], a["hr"])
+    assert not torch.allclose(b["ref"], a["ref"])
+    # Brain tissue (about 1) keeps its scale; dark tissue moves most.
+    assert float((b["ref"] - a["ref"]).abs().max()) > 0.01
+    for bad in ([0.0, 1.0], [1.2, 1.1], [1.0]):
+        with pytest.raises(ConfigError, match="t1_gamma"):
+            dmri_config(t1_gamma=bad)
 
 
 def test_per_axis_scales_and_random_queries():

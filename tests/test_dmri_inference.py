@@ -103,6 +103,27 @@ def test_volume_upscaler_decodes_in_chunks_into_a_given_array():
         VolumeUpscaler(create_model("liif", G0=8, D=1, C=2, G=8), torch.device("cpu"))
 
 
+@pytest.mark.parametrize("name", ["csr_dmri", "arssr"])
+def test_level_norm_makes_inference_equivariant_to_the_attenuation_scale(name):
+    """A b=2500 volume (attenuations about half of b=1000's) reaches a ``level_norm`` model at
+    the level it was trained on; the output is multiplied back."""
+    args = {k: v for k, v in TINY_3D.items()}
+    if name == "csr_dmri":
+        args["use_t1"] = False
+    lr = np.random.default_rng(1).random((9, 8, 7)).astype(np.float32)
+    out_shape = (17, 16, 13)
+    results = {}
+    for level_norm in (False, True):
+        torch.manual_seed(0)
+        model = create_model(name, **args, level_norm=level_norm).eval()
+        upscaler = VolumeUpscaler(model, torch.device("cpu"), tile=None)
+        results[level_norm] = (upscaler(lr, out_shape), upscaler(0.4 * lr, out_shape))
+    full, scaled = results[True]
+    np.testing.assert_allclose(scaled, 0.4 * full, rtol=1e-4, atol=1e-6)
+    full, scaled = results[False]
+    assert np.abs(scaled - 0.4 * full).max() > 1e-3  # a network is not scale-equivariant
+
+
 # -- mrisr upscale of a 4D series --------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -183,6 +204,25 @@ def test_3d_path_normalises_and_restores_intensities(dwi_files, tmp_path, monkey
         # A product of two interpolations is not the interpolation of the product: close, but
         # not equal, where the attenuation changes between tissues.
         assert np.median(rel) < 0.02 and np.corrcoef(sr[..., v][brain], cubic[brain])[0, 1] > 0.95
+
+
+def test_upscale_registers_a_shifted_t1w_to_the_mean_b0(dwi_files):
+    pytest.importorskip("dipy.align")
+    f = dwi_files
+    ph = f["phantom"]
+    shift = np.array([4.0, -3.0, 2.0])  # mm: a header that misplaces the T1w
+    moved = ph.affine.copy()
+    moved[:3, 3] += shift
+    t1 = Volume(ph.t1w, moved)
+    pack = up.load_model(str(f["model"]), True)
+    brain = ph.brain_mask
+
+    def placed(register):
+        runner = SeriesUpscaler3D(Volume(f["lr"], f["lr_affine"]), t1, pack, ph.dwi.shape[:3],
+                                  ph.affine, ph.bvals, device="cpu", register=register)
+        assert runner.info["reference"]["registered"] is register
+        return np.corrcoef(runner.t1[brain], ph.t1w[brain])[0, 1]
+    assert placed(False) < 0.9 < 0.95 < placed(True)
 
 
 def test_3d_model_on_a_single_volume_and_missing_reference(dwi_files):

@@ -340,6 +340,7 @@ def upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
                                         options.get("voxel_size"), options.get("shape"))
     check_resources(out, out_shape, n_vol, memmap)
     options = dict(options)
+    register = options.pop("register", False)  # 3D models only: the 2D path has no T1w-b=0 pair
     model_pack = loaded_model or load_model(options.pop("model", None), reference is not None,
                                             series)
     # -- 3D models: the series is prepared once (b=0 normalisation from the .bval beside the
@@ -350,7 +351,8 @@ def upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
         series3d = SeriesUpscaler3D(target, reference, model_pack, out_shape, out_affine,
                                     read_series_bvals(target_path, n_vol) if series else None,
                                     device=options.get("device", "auto"),
-                                    amp=options.get("amp", False))
+                                    amp=options.get("amp", False),
+                                    register=register)
     if on_start and series3d is not None:
         on_start(n_vol * series3d.units_per_volume)
     elif on_start:

@@ -5,7 +5,9 @@ What the model sees is what :mod:`mrisr.training.volumes` trained it on:
 * the diffusion volume as the attenuation ``S / mean S_0`` (about ``[0, 1]``; 0 outside the
   brain; clipped at :data:`~mrisr.data.dwi.MAX_ATTENUATION` like the training subjects), on
   the LR grid;
-* the T1w on the HR grid divided by its robust maximum inside the brain
+* for a model with ``level_norm``, the LR volume divided by its
+  :func:`~mrisr.data.dwi.attenuation_level`, the output multiplied back;
+* the T1w on the HR grid divided by its median inside the brain
   (:func:`~mrisr.data.dwi.scale_t1`), then, for ``t1_mode="lr_channel"``, degraded to the LR grid
   by the cubic B-spline downsampling of the training patches; with ``own_resolution`` it stays
   on the HR grid and is encoded there.
@@ -30,8 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from mrisr.data.dwi import (MAX_ATTENUATION, MIN_B0_FRACTION, b0_indices, brain_mask,
-                            place_t1_on_dwi_grid, scale_t1)
+from mrisr.data.dwi import (MAX_ATTENUATION, MIN_B0_FRACTION, attenuation_level, b0_indices,
+                            brain_mask, place_t1_on_dwi_grid, register_rigid, scale_t1)
 from mrisr.data.intensity import robust_max
 from mrisr.degradation import spline_resize
 from mrisr.devices import select_device
@@ -124,6 +126,7 @@ class VolumeUpscaler:
         self.chunk = int(chunk)
         self.amp = amp and device.type == "cuda"
         self.uses_reference = bool(getattr(model, "use_reference", False))
+        self.level_norm = bool(getattr(model, "level_norm", False))
         # (T1w array, its features): the volumes of a 4D series share one T1w, so a model that
         # encodes it at its own resolution encodes it once, not once per volume.
         self._t1_features: Optional[tuple[np.ndarray, torch.Tensor]] = None
@@ -173,14 +176,16 @@ class VolumeUpscaler:
             raise ValueError(f"out must be a C-contiguous float32 array of shape {out_shape}")
         flat = result.reshape(-1)  # a view: chunks of flat C-order indices land in place
         plane = int(np.prod(out_shape[1:]))
-        x = torch.from_numpy(np.ascontiguousarray(lr, dtype=np.float32))[None, None]
+        level = attenuation_level(lr) if self.level_norm else 1.0
+        x = torch.from_numpy(np.asarray(lr, dtype=np.float32) / np.float32(level))[None, None]
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
             features = self.model.encode(x.to(self.device), ref,
                                          apply=self._encoder_runner(t1))
             t1_shape = features.t1.shape[2:] if features.t1 is not None else None
             for start, stop, query in iter_grid_queries(lr.shape, out_shape, self.chunk,
                                                         t1_shape, self.device):
-                flat[start:stop] = self.model.decode(features, query)[0, 0].float().cpu().numpy()
+                values = self.model.decode(features, query)[0, 0].float().cpu().numpy()
+                flat[start:stop] = values * np.float32(level) if self.level_norm else values
                 if progress is not None and stop // plane > start // plane:
                     progress(stop // plane - start // plane)
         return result
@@ -245,8 +250,8 @@ class SeriesUpscaler3D:
 
     Prepared once per series: the intensity normalisation, the brain mask (from the mean b=0,
     else the mean over the volumes; ``mask_method`` of :func:`~mrisr.data.dwi.brain_mask`) and
-    the scaled T1w on the output grid (placed through the affines as for training, without
-    registration). Per volume (:meth:`upscale`):
+    the scaled T1w on the output grid (placed through the affines, refined with ``register`` by
+    a rigid registration to the mean b=0 as the shipped models were trained). Per volume (:meth:`upscale`):
 
     * with b-values that include b=0 volumes, the volume is divided by the mean b=0 inside the
       mask (the training attenuation) and the model's output multiplied by the mean b=0
@@ -263,13 +268,15 @@ class SeriesUpscaler3D:
         out_shape, out_affine: the output grid (same field of view as ``target``).
         bvals: ``(N,)`` b-values (s/mm^2) of the series, or ``None``.
         device, amp, tile, chunk: see :class:`VolumeUpscaler`.
+        register: rigidly register the T1w to the mean b=0 (else the mean volume) on the input
+            grid before placing it (:func:`~mrisr.data.dwi.register_rigid`, needs dipy).
     """
 
     def __init__(self, target: Volume, reference: Optional[Volume], model_pack: tuple,
                  out_shape: Sequence[int], out_affine: np.ndarray,
                  bvals: Optional[np.ndarray] = None, device: str = "auto", amp: bool = False,
                  tile: Optional[int] = DEFAULT_TILE, chunk: int = DEFAULT_CHUNK,
-                 mask_method: str = "auto"):
+                 mask_method: str = "auto", register: bool = False):
         net, desc = model_pack
         self.upscaler = VolumeUpscaler(net, select_device(device), tile, chunk, amp)
         self.data = target.data if target.data.ndim == 4 else target.data[..., None]
@@ -291,9 +298,12 @@ class SeriesUpscaler3D:
         if self.upscaler.uses_reference:
             if reference is None:
                 raise InputError(f"model '{desc.get('model')}' needs a T1w image (--ref)")
-            placed = place_t1_on_dwi_grid(reference, self.out_affine, self.out_shape)
+            transform = register_rigid(reference, signal, target.affine) if register else None
+            placed = place_t1_on_dwi_grid(reference, self.out_affine, self.out_shape,
+                                          transform=transform)
             self.t1 = scale_t1(placed.data, self.mask_hr)
             info["reference"] = {"path": str(reference.path), "placed_on": "output grid",
+                                 "registered": bool(register),
                                  "brain_covered_fraction":
                                      float(placed.coverage[self.mask_hr].mean())}
         info["normalisation"] = {

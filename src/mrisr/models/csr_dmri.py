@@ -232,6 +232,11 @@ class CSRdMRI(nn.Module):
             interpolation.
         t1_encoder: RDN sizes (``G0, D, C, G, out_channels``) of the second encoder of
             ``own_resolution``; missing keys take the DWI encoder's.
+        level_norm: a data convention, not a layer: the model reads each diffusion volume
+            divided by its :func:`~mrisr.data.dwi.attenuation_level` (training divides the
+            patches by their volume's level, inference the LR volume by its own and multiplies
+            the output back), so a b=2500 shell looks like the b=1000 one it was trained on.
+            ``False`` (the paper): the attenuations as they are.
     """
 
     in_channels = 1
@@ -242,8 +247,10 @@ class CSRdMRI(nn.Module):
                  skip_at: int = 4, use_t1: bool = True, use_coord: bool = True,
                  decoder: str = "csr", t1_mode: str = "lr_channel", chunk: int = 2 ** 16,
                  image_residual: Union[bool, str] = False, coordinate: str = "absolute",
-                 use_scale: bool = False, t1_encoder: Optional[dict] = None):
+                 use_scale: bool = False, t1_encoder: Optional[dict] = None,
+                 level_norm: bool = False):
         super().__init__()
+        self.level_norm = bool(level_norm)
         if coordinate not in ("absolute", "relative"):
             raise ValueError(f"coordinate must be absolute or relative, got {coordinate!r}")
         if image_residual not in (False, None, "linear", "bspline"):
@@ -374,6 +381,7 @@ class ArSSR(CSRdMRI):
 
     def __init__(self, G0: int = 64, D: int = 8, C: int = 3, G: int = 64,
                  feature_channels: int = 128, hidden: int = 256, use_coord: bool = True,
-                 chunk: int = 2 ** 16):
+                 chunk: int = 2 ** 16, level_norm: bool = False):
         super().__init__(G0, D, C, G, feature_channels, hidden, use_t1=False,
-                         use_coord=use_coord, decoder="arssr", chunk=chunk)
+                         use_coord=use_coord, decoder="arssr", chunk=chunk,
+                         level_norm=level_norm)

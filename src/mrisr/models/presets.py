@@ -39,7 +39,9 @@ for name, flag in (("noref", "use_reference"), ("noscale", "use_scale"),
 
 # 3D diffusion family (CSR-dMRI, ArSSR, Table 2 ablations). The *_s sizes train on CPU; the
 # *_paper ones follow the papers (ArSSR's RDN, 128 features, width-256 decoders).
-_COMPACT_3D = {**_COMPACT_ENCODER, "feature_channels": 64, "hidden": 128}
+# They all read attenuations divided by the volume's level (CSRdMRI's level_norm), ArSSR
+# included, so that every model meets another shell the same way.
+_COMPACT_3D = {**_COMPACT_ENCODER, "feature_channels": 64, "hidden": 128, "level_norm": True}
 # The compact CSR-dMRI presets depart from the paper in three ways (docs/BENCHMARKS.md):
 # they learn a residual over cubic B-spline interpolation, as dualarbnet_s does over cubic
 # (with a CPU budget the implicit function alone stays below interpolation); the decoder reads

@@ -32,7 +32,8 @@ def build_task(cfg: TrainConfig, model):
         from mrisr.training.volumes import VolumePatchTask, load_dwi_subjects
         use_t1 = bool(getattr(model, "use_reference", False))
         return VolumePatchTask(cfg, load_dwi_subjects(cfg.dmri, use_t1), use_t1,
-                               getattr(model, "t1_mode", None))
+                               getattr(model, "t1_mode", None),
+                               bool(getattr(model, "level_norm", False)))
     from mrisr.training.slices import SlicePairs, SlicePatchTask
     needs_ref = bool(getattr(model, "use_reference", False))
     pairs = SlicePairs.load(cfg.data, need_reference=needs_ref)

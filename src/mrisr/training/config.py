@@ -137,6 +137,8 @@ class DmriDataConfig(DwiSourceConfig):
     loss_region: ``patch`` (the paper: every HR voxel of the patch) or ``brain`` (only voxels
         inside the brain mask, where the evaluation scores and the attenuation is defined;
         outside it the prediction is replaced by the target before both loss terms).
+    t1_gamma: ``[min, max]`` of a random power applied to each T1w patch (log-uniform), so the
+        model does not learn one T1w sequence's contrast; empty: none.
     """
 
     lr_patch: int = 10
@@ -145,6 +147,7 @@ class DmriDataConfig(DwiSourceConfig):
     queries: int = 0
     frequency_weight: float = 0.01
     loss_region: str = "patch"
+    t1_gamma: list[float] = field(default_factory=list)
 
     def validate(self, source: str) -> None:
         super().validate(source)
@@ -153,6 +156,10 @@ class DmriDataConfig(DwiSourceConfig):
                               f"'{self.loss_region}'")
         if self.lr_patch < 2:
             raise ConfigError(f"{source}: dmri.lr_patch must be at least 2")
+        if self.t1_gamma and (len(self.t1_gamma) != 2 or
+                              not 0 < self.t1_gamma[0] <= self.t1_gamma[1]):
+            raise ConfigError(f"{source}: dmri.t1_gamma must be [min, max] with "
+                              "0 < min <= max, or empty")
         if len(self.scale_range) != 2 or not 1.0 <= self.scale_range[0] <= self.scale_range[1]:
             raise ConfigError(f"{source}: dmri.scale_range must be [min, max] with "
                               "1 <= min <= max")

@@ -6,8 +6,12 @@ axis) shared by the batch, so the HR patches stack; per sample a subject, one sh
 brain voxel around which an HR patch of ``round(lr_patch * s)`` voxels per axis is cropped from
 the training region. The LR patch (``lr_patch`` voxels per axis) is the cubic B-spline
 downsampling of the HR patch (the paper's "bicubic"; ``spline_resize(order=3)``), and so is the
-T1w patch stacked as the second channel. The queries are the HR voxels (all of them by default,
-so the 3D frequency loss sees the whole patch). Rank ``r`` of ``w`` builds samples ``r::w``.
+T1w patch stacked as the second channel. For a model with ``level_norm`` the HR patch is
+first divided by its volume's :func:`~mrisr.data.dwi.attenuation_level` (over the training
+region); with ``dmri.t1_gamma`` the T1w patch is raised to a random power (it is about 1 in
+brain tissue, so this bends its contrast and keeps its scale). The queries are the HR voxels
+(all of them by default, so the 3D frequency loss sees the whole patch). Rank ``r`` of ``w``
+builds samples ``r::w``.
 
 Each subject's volume is split into a training region and a held-out slab at the high end of
 ``dmri.holdout_axis``: with one subject per scanner, evaluation happens on the slab.
@@ -19,7 +23,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from mrisr.data.dwi import DwiSubject
+from mrisr.data.dwi import DwiSubject, attenuation_level
 from mrisr.degradation import spline_resize
 from mrisr.errors import InputError
 from mrisr.models.csr_dmri import PointQuery, grid_point_query
@@ -71,13 +75,15 @@ class VolumePatchTask:
         t1_mode: ``lr_channel`` (T1w degraded like the DWI, on the LR grid) or
             ``own_resolution`` (the T1w at the HR patch's resolution, with its own query
             positions).
+        level_norm: divide each patch by the level of its volume (the model's ``level_norm``).
     """
 
     n_spatial = 3
 
     def __init__(self, cfg: TrainConfig, subjects: list[DwiSubject], use_t1: bool = True,
-                 t1_mode: Optional[str] = "lr_channel"):
+                 t1_mode: Optional[str] = "lr_channel", level_norm: bool = False):
         self.cfg = cfg
+        self.level_norm = level_norm
         self.d = cfg.dmri
         self.subjects = subjects
         self.use_t1 = use_t1
@@ -100,13 +106,19 @@ class VolumePatchTask:
                 raise InputError(f"subject {s.name}: no brain voxel in the training region")
             self.regions.append(train)
             self.centres.append(centres)
+        # Per subject, the level of every shell volume, from the training region only.
+        self.levels = [np.array([attenuation_level(s.shell[region + (v,)])
+                                 for v in range(s.shell.shape[3])], dtype=np.float32)
+                       if level_norm else np.ones(s.shell.shape[3], np.float32)
+                       for s, region in zip(subjects, self.regions)]
 
     def describe_data(self) -> dict:
         return {"task": "dmri3d", "dataset": self.d.kind,
                 "subjects": [s.name for s in self.subjects],
                 "files": [f.dwi for f in self.d.subjects] if self.d.kind == "files" else [],
                 "volumes": [int(s.shell.shape[3]) for s in self.subjects],
-                "bvalue": self.d.bvalue,
+                "bvalue": self.d.bvalue, "level_norm": self.level_norm,
+                "t1_gamma": list(self.d.t1_gamma) if self.d.t1_gamma else None,
                 "holdout": {"axis": self.d.holdout_axis, "fraction": self.d.holdout_fraction}}
 
     def _plan(self, step: int):
@@ -117,8 +129,13 @@ class VolumePatchTask:
         samples = []
         for _ in range(self.cfg.optim.batch_size):
             i = int(rng.integers(len(self.subjects)))
+            # Always drawn, so that t1_gamma changes nothing else of the plan.
+            u_gamma = float(rng.random())
+            gamma = float(np.exp(np.log(self.d.t1_gamma[0]) + u_gamma *
+                                 np.log(self.d.t1_gamma[1] / self.d.t1_gamma[0]))) \
+                if self.d.t1_gamma else 1.0
             samples.append((i, int(rng.integers(self.subjects[i].shell.shape[3])),
-                            float(rng.random()), int(rng.integers(2 ** 31))))
+                            float(rng.random()), int(rng.integers(2 ** 31)), gamma))
         return hr_shape, samples
 
     def batch(self, step: int, rank: int = 0, world: int = 1) -> dict:
@@ -142,7 +159,7 @@ class VolumePatchTask:
         return out
 
     def _sample(self, plan, hr_shape, grid: PointQuery) -> dict:
-        index, volume, u, query_seed = plan
+        index, volume, u, query_seed, gamma = plan
         s = self.subjects[index]
         region, centres = self.regions[index], self.centres[index]
         centre = centres[int(u * len(centres)) % len(centres)] + [r.start for r in region]
@@ -152,7 +169,8 @@ class VolumePatchTask:
         origin = np.clip(centre - size // 2, lo, hi)
         crop = tuple(slice(int(o), int(o + n)) for o, n in zip(origin, size))
         lr_shape = (self.d.lr_patch,) * 3
-        hr = np.ascontiguousarray(s.shell[crop + (volume,)], dtype=np.float32)
+        # A new array: the crop may be a view of the subject's data.
+        hr = (s.shell[crop + (volume,)] / self.levels[index][volume]).astype(np.float32)
         pick = np.random.default_rng(query_seed).choice(
             hr.size, self.d.queries, replace=hr.size < self.d.queries) if self.d.queries else None
         item = {"lr": spline_resize(hr, lr_shape, order=3)[None].astype(np.float32),
@@ -162,6 +180,8 @@ class VolumePatchTask:
             item["brain"] = (brain.reshape(1, -1)[:, pick] if self.d.queries else brain)
         if self.use_t1:
             t1 = np.ascontiguousarray(s.t1[crop], dtype=np.float32)
+            if gamma != 1.0:
+                t1 = np.power(np.clip(t1, 0.0, None), gamma, dtype=np.float32)
             ref = t1 if self.t1_mode == "own_resolution" else spline_resize(t1, lr_shape, 3)
             item["ref"] = ref[None].astype(np.float32)
         if self.d.queries:
