@@ -8,7 +8,7 @@ from scipy.spatial.transform import Rotation
 from mrisr.config import from_dict
 from mrisr.data.dwi import (attenuation_level, b0_indices, brain_mask, denormalise,
                             load_dwi_subject, normalise_by_b0, phantom_dwi_subject,
-                            place_t1_on_dwi_grid, scale_t1, select_shell)
+                            place_t1_on_dwi_grid, scale_t1, select_shell, simulate_shells)
 from mrisr.data.phantom import make_brain_phantom, make_dwi_phantom
 from mrisr.degradation import degrade, spline_resize
 from mrisr.errors import ConfigError, InputError
@@ -104,6 +104,36 @@ def test_attenuation_level_is_equivariant_and_survives_downsampling(phantom):
         lr = degrade(volume[None], scale, kind="bicubic", n_spatial=3)[0]
         assert attenuation_level(lr) == pytest.approx(level, rel=tolerance)
     assert attenuation_level(np.zeros((4, 4, 4))) == 1.0
+
+
+def test_simulated_shells_follow_the_tensor_fit_and_keep_the_noise():
+    pytest.importorskip("dipy.reconst.dti")
+    clean = phantom_dwi_subject(make_dwi_phantom(SHAPE, (VOXEL,) * 3, n_directions=12))
+    noisy = phantom_dwi_subject(make_dwi_phantom(SHAPE, (VOXEL,) * 3, n_directions=12,
+                                                 noise=0.03))
+    mask = clean.mask
+    out = simulate_shells(clean, [1000, 2500], 3, seed=0)
+    assert out.shell.shape == clean.shape + (12 + 6,)
+    np.testing.assert_array_equal(out.shell[..., :12], clean.shell)
+    np.testing.assert_allclose(out.bvals[12:], [1000] * 3 + [2500] * 3)
+    np.testing.assert_allclose(np.linalg.norm(out.bvecs[:, 12:], axis=0), 1.0, rtol=1e-6)
+    assert not out.shell[~mask, 12:].any()
+    # Noise-free, the simulated b=1000 volumes are as plausible as measured ones: the level of
+    # a measured direction, and a b=2500 shell well below it.
+    b1000 = [attenuation_level(out.shell[..., i]) for i in range(12, 15)]
+    b2500 = [attenuation_level(out.shell[..., i]) for i in range(15, 18)]
+    measured = attenuation_level(clean.shell[..., 0])
+    assert all(abs(v - measured) < 0.15 * measured for v in b1000)
+    assert max(b2500) < 0.75 * min(b1000)
+    # With measurement noise, the simulated volumes carry it (in attenuation units).
+    rough = simulate_shells(noisy, [2500], 2, seed=0)
+
+    def roughness(volume):
+        inner = ndimage.binary_erosion(mask, iterations=2)
+        return float(np.std(np.diff(volume, axis=0)[inner[1:] & inner[:-1]]))
+    assert roughness(rough.shell[..., 12]) > 2 * roughness(out.shell[..., 15])
+    with pytest.raises(ConfigError, match="simulate_bvalues"):
+        dmri_config(simulate_bvalues=[0])
 
 
 def test_t1_is_scaled_by_its_brain_median_whatever_the_scalp(phantom):
@@ -359,6 +389,18 @@ def test_level_norm_divides_each_patch_by_its_volume_level():
     levels = torch.from_numpy(task.levels[0][a["volume"].numpy()]).reshape(-1, 1, 1, 1, 1)
     torch.testing.assert_close(b["hr"], a["hr"] / levels)
     torch.testing.assert_close(b["ref"], a["ref"])
+
+
+def test_training_samples_simulated_shells():
+    pytest.importorskip("dipy.reconst.dti")
+    task, model = tiny_task(simulate_bvalues=[2000, 3000], simulate_per_bvalue=2)
+    assert task.subjects[0].shell.shape[3] == task.subjects[0].bvals.size
+    n_measured = task.subjects[0].shell.shape[3] - 4
+    assert task.describe_data()["simulated"] == {"bvalues": [2000, 3000], "per_bvalue": 2}
+    volumes = {int(v) for step in range(20) for v in task.batch(step)["volume"]}
+    assert any(v >= n_measured for v in volumes) and any(v < n_measured for v in volumes)
+    loss, _ = task.loss(model, task.batch(0))
+    assert torch.isfinite(loss)
 
 
 def test_t1_gamma_bends_the_t1_patch_and_is_validated():

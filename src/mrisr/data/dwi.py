@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 
 __all__ = ["DwiSubject", "PlacedImage", "b0_indices", "select_shell", "normalise_by_b0",
            "denormalise", "attenuation_level", "register_rigid", "place_t1_on_dwi_grid",
-           "brain_mask", "scale_t1", "load_dwi_subject", "phantom_dwi_subject"]
+           "brain_mask", "scale_t1", "load_dwi_subject", "phantom_dwi_subject",
+           "simulate_shells"]
 
 #: Relative level (of the robust maximum of the mean b=0) below which a voxel is treated as
 #: having no signal: dividing by such a b=0 only amplifies noise.
@@ -378,3 +379,47 @@ def phantom_dwi_subject(phantom: "DwiPhantom", bvalue: float = 1000.0, tolerance
                       bvecs=phantom.bvecs[:, shell_idx], mean_b0=mean_b0,
                       t1=scale_t1(phantom.t1w, phantom.brain_mask), mask=phantom.brain_mask,
                       affine=phantom.affine)
+
+
+def simulate_shells(subject: DwiSubject, bvalues: Sequence[float], per_bvalue: int,
+                    seed: int = 0) -> DwiSubject:
+    """``subject`` with volumes of other shells added, simulated from its own.
+
+    A diffusion tensor ``D`` is fitted (dipy, WLS) to the subject's shell in every brain voxel;
+    each new volume is ``exp(-b g^T D g)`` for one of ``bvalues`` and a random unit direction
+    ``g``, plus the fit residual of a random measured volume (so it keeps the measured noise,
+    which in attenuation units does not depend on b: a b=2500 volume is noisier relative to its
+    level, as on a scanner). The tensor model ignores kurtosis, so high-b attenuations come out
+    somewhat low; the aim is a training set that has seen other contrasts and noise levels, not
+    a signal model. Outside the mask the new volumes are 0, as the measured ones.
+
+    Returns a new :class:`DwiSubject` whose ``shell``, ``bvals`` and ``bvecs`` hold the measured
+    volumes followed by ``len(bvalues) * per_bvalue`` simulated ones.
+    """
+    try:
+        from dipy.core.gradients import gradient_table
+        from dipy.reconst.dti import TensorModel
+    except ImportError:
+        raise InputError("dmri.simulate_bvalues needs dipy (pip install dipy)") from None
+    mask = subject.mask
+    measured = subject.shell[mask].astype(np.float64)  # (V, N)
+    data = np.concatenate([np.ones((measured.shape[0], 1)), np.maximum(measured, 1e-4)], 1)
+    gtab = gradient_table(np.concatenate([[0.0], subject.bvals]),
+                          bvecs=np.concatenate([np.zeros((1, 3)), subject.bvecs.T]))
+    tensors = TensorModel(gtab, fit_method="WLS").fit(data).quadratic_form  # (V, 3, 3)
+    fitted = np.exp(-np.einsum("n,ni,vij,nj->vn", subject.bvals, subject.bvecs.T, tensors,
+                               subject.bvecs.T))
+    residual = measured - fitted
+    rng = np.random.default_rng(seed)
+    b_new = np.repeat(np.asarray(bvalues, dtype=np.float64), int(per_bvalue))
+    g = rng.normal(size=(b_new.size, 3))
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    adc = np.einsum("ni,vij,nj->vn", g, tensors, g)  # (V, K) mm^2/s
+    noise = residual[:, rng.integers(measured.shape[1], size=b_new.size)]
+    simulated = np.exp(-np.clip(adc, 0.0, None) * b_new) + noise
+    shell = np.zeros(subject.shape + (b_new.size,), np.float32)
+    shell[mask] = np.clip(simulated, 0.0, MAX_ATTENUATION)
+    return DwiSubject(name=f"{subject.name}+sim", shell=np.concatenate([subject.shell, shell], -1),
+                      bvals=np.concatenate([subject.bvals, b_new]),
+                      bvecs=np.concatenate([subject.bvecs, g.T], 1), mean_b0=subject.mean_b0,
+                      t1=subject.t1, mask=mask, affine=subject.affine)

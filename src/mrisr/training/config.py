@@ -139,6 +139,9 @@ class DmriDataConfig(DwiSourceConfig):
         outside it the prediction is replaced by the target before both loss terms).
     t1_gamma: ``[min, max]`` of a random power applied to each T1w patch (log-uniform), so the
         model does not learn one T1w sequence's contrast; empty: none.
+    simulate_bvalues, simulate_per_bvalue: add to each training subject ``simulate_per_bvalue``
+        volumes per b-value simulated from its tensor fit and noise
+        (:func:`~mrisr.data.dwi.simulate_shells`), so one measured shell teaches others.
     """
 
     lr_patch: int = 10
@@ -148,6 +151,8 @@ class DmriDataConfig(DwiSourceConfig):
     frequency_weight: float = 0.01
     loss_region: str = "patch"
     t1_gamma: list[float] = field(default_factory=list)
+    simulate_bvalues: list[float] = field(default_factory=list)
+    simulate_per_bvalue: int = 8
 
     def validate(self, source: str) -> None:
         super().validate(source)
@@ -160,6 +165,9 @@ class DmriDataConfig(DwiSourceConfig):
                               not 0 < self.t1_gamma[0] <= self.t1_gamma[1]):
             raise ConfigError(f"{source}: dmri.t1_gamma must be [min, max] with "
                               "0 < min <= max, or empty")
+        if any(b <= 0 for b in self.simulate_bvalues) or self.simulate_per_bvalue < 1:
+            raise ConfigError(f"{source}: dmri.simulate_bvalues must be positive b-values and "
+                              "dmri.simulate_per_bvalue at least 1")
         if len(self.scale_range) != 2 or not 1.0 <= self.scale_range[0] <= self.scale_range[1]:
             raise ConfigError(f"{source}: dmri.scale_range must be [min, max] with "
                               "1 <= min <= max")

@@ -9,7 +9,9 @@ downsampling of the HR patch (the paper's "bicubic"; ``spline_resize(order=3)``)
 T1w patch stacked as the second channel. For a model with ``level_norm`` the HR patch is
 first divided by its volume's :func:`~mrisr.data.dwi.attenuation_level` (over the training
 region); with ``dmri.t1_gamma`` the T1w patch is raised to a random power (it is about 1 in
-brain tissue, so this bends its contrast and keeps its scale). The queries are the HR voxels
+brain tissue, so this bends its contrast and keeps its scale). With ``dmri.simulate_bvalues``
+each subject also has volumes of other shells simulated from its tensor fit
+(:func:`~mrisr.data.dwi.simulate_shells`), drawn like the measured ones. The queries are the HR voxels
 (all of them by default, so the 3D frequency loss sees the whole patch). Rank ``r`` of ``w``
 builds samples ``r::w``.
 
@@ -23,7 +25,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from mrisr.data.dwi import DwiSubject, attenuation_level
+from mrisr.data.dwi import DwiSubject, attenuation_level, simulate_shells
 from mrisr.degradation import spline_resize
 from mrisr.errors import InputError
 from mrisr.models.csr_dmri import PointQuery, grid_point_query
@@ -90,6 +92,10 @@ class VolumePatchTask:
         self.t1_mode = t1_mode or "lr_channel"
         if not subjects:
             raise InputError("dmri training: no subjects")
+        if self.d.simulate_bvalues:
+            subjects = [simulate_shells(s, self.d.simulate_bvalues, self.d.simulate_per_bvalue,
+                                        seed=cfg.run.seed + i) for i, s in enumerate(subjects)]
+            self.subjects = subjects
         largest = int(round(self.d.lr_patch * self.d.scale_range[1]))
         self.regions, self.centres = [], []
         for s in subjects:
@@ -119,6 +125,9 @@ class VolumePatchTask:
                 "volumes": [int(s.shell.shape[3]) for s in self.subjects],
                 "bvalue": self.d.bvalue, "level_norm": self.level_norm,
                 "t1_gamma": list(self.d.t1_gamma) if self.d.t1_gamma else None,
+                "simulated": {"bvalues": list(self.d.simulate_bvalues),
+                              "per_bvalue": self.d.simulate_per_bvalue}
+                if self.d.simulate_bvalues else None,
                 "holdout": {"axis": self.d.holdout_axis, "fraction": self.d.holdout_fraction}}
 
     def _plan(self, step: int):
