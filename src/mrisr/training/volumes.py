@@ -6,14 +6,14 @@ axis) shared by the batch, so the HR patches stack; per sample a subject, one sh
 brain voxel around which an HR patch of ``round(lr_patch * s)`` voxels per axis is cropped from
 the training region. The LR patch (``lr_patch`` voxels per axis) is the cubic B-spline
 downsampling of the HR patch (the paper's "bicubic"; ``spline_resize(order=3)``), and so is the
-T1w patch stacked as the second channel. For a model with ``level_norm`` the HR patch is
-first divided by its volume's :func:`~mrisr.data.dwi.attenuation_level` (over the training
-region); with ``dmri.t1_gamma`` the T1w patch is raised to a random power (it is about 1 in
-brain tissue, so this bends its contrast and keeps its scale). With ``dmri.simulate_bvalues``
-each subject also has volumes of other shells simulated from its tensor fit
-(:func:`~mrisr.data.dwi.simulate_shells`), drawn like the measured ones. The queries are the HR voxels
-(all of them by default, so the 3D frequency loss sees the whole patch). Rank ``r`` of ``w``
-builds samples ``r::w``.
+T1w patch stacked as the second channel. For a model with ``level_norm`` the HR patch is first
+divided by its volume's :func:`~mrisr.data.dwi.attenuation_level` (over the training region);
+with ``dmri.t1_gamma`` the T1w patch is raised to a random power (it is about 1 in brain tissue,
+so this bends its contrast and keeps its scale). With ``dmri.simulate_bvalues`` each subject
+also has volumes of other shells simulated from its tensor fit
+(:func:`~mrisr.data.dwi.simulate_shells`), drawn like the measured ones. The queries are the HR
+voxels (all of them by default, so the 3D frequency loss sees the whole patch). Rank ``r`` of
+``w`` builds samples ``r::w``.
 
 Each subject's volume is split into a training region and a held-out slab at the high end of
 ``dmri.holdout_axis``: with one subject per scanner, evaluation happens on the slab.
