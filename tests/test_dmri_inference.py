@@ -217,12 +217,16 @@ def test_upscale_registers_a_shifted_t1w_to_the_mean_b0(dwi_files):
     pack = up.load_model(str(f["model"]), True)
     brain = ph.brain_mask
 
-    def placed(register):
+    def placed(register, pack=pack):
         runner = SeriesUpscaler3D(Volume(f["lr"], f["lr_affine"]), t1, pack, ph.dwi.shape[:3],
                                   ph.affine, ph.bvals, device="cpu", register=register)
-        assert runner.info["reference"]["registered"] is register
-        return np.corrcoef(runner.t1[brain], ph.t1w[brain])[0, 1]
-    assert placed(False) < 0.9 < 0.95 < placed(True)
+        return (runner.info["reference"]["registered"],
+                np.corrcoef(runner.t1[brain], ph.t1w[brain])[0, 1])
+    assert placed(False)[1] < 0.9 < 0.95 < placed(True)[1]
+    # By default the T1w is placed as in the model's training (this checkpoint has no config).
+    assert pack[1]["t1_registered_in_training"] is False and placed(None)[0] is False
+    trained_registered = (pack[0], {**pack[1], "t1_registered_in_training": True})
+    assert placed(None, trained_registered)[0] is True
 
 
 def test_3d_model_on_a_single_volume_and_missing_reference(dwi_files):

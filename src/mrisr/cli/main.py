@@ -260,8 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memmap", action="store_true", help="keep the output array on disk "
                    "(memory-mapped) instead of in memory")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
-    p.add_argument("--register", action="store_true", help="3D models: rigidly register --ref "
-                   "to the mean b=0 before placing it (needs dipy)")
+    p.add_argument("--register", action=argparse.BooleanOptionalAction, default=None,
+                   help="3D models: rigidly register --ref to the mean b=0 before placing it "
+                   "(needs dipy; default: as the model was trained)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_upscale)

@@ -247,8 +247,12 @@ def load_model(name: Optional[str], has_reference: bool, series: bool = False):
         ("complex" if model.in_channels == 2 else "magnitude")
     if getattr(model, "use_reference", False) and not has_reference:
         raise InputError(f"model '{name}' needs a reference image (--ref)")
+    # A 3D model reads the T1w as placed in training: registered to the mean b=0 or not.
+    registered = bool((loaded.payload.get("train_config", {}).get("dmri") or {})
+                      .get("register", False))
     return model, {"model": name, "architecture": loaded.payload["model"],
-                   "code_version": loaded.payload.get("code_version"), "input": kind}
+                   "code_version": loaded.payload.get("code_version"), "input": kind,
+                   "t1_registered_in_training": registered}
 
 
 def grid_info(desc: dict, in_shape: Sequence[int], in_affine: np.ndarray,
@@ -340,7 +344,7 @@ def upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
                                         options.get("voxel_size"), options.get("shape"))
     check_resources(out, out_shape, n_vol, memmap)
     options = dict(options)
-    register = options.pop("register", False)  # 3D models only: the 2D path has no T1w-b=0 pair
+    register = options.pop("register", None)  # 3D models only: the 2D path has no T1w-b=0 pair
     model_pack = loaded_model or load_model(options.pop("model", None), reference is not None,
                                             series)
     # -- 3D models: the series is prepared once (b=0 normalisation from the .bval beside the

@@ -270,14 +270,16 @@ class SeriesUpscaler3D:
         bvals: ``(N,)`` b-values (s/mm^2) of the series, or ``None``.
         device, amp, tile, chunk: see :class:`VolumeUpscaler`.
         register: rigidly register the T1w to the mean b=0 (else the mean volume) on the input
-            grid before placing it (:func:`~mrisr.data.dwi.register_rigid`, needs dipy).
+            grid before placing it (:func:`~mrisr.data.dwi.register_rigid`, needs dipy);
+            ``None``: as the model's training did (``t1_registered_in_training`` of the
+            description).
     """
 
     def __init__(self, target: Volume, reference: Optional[Volume], model_pack: tuple,
                  out_shape: Sequence[int], out_affine: np.ndarray,
                  bvals: Optional[np.ndarray] = None, device: str = "auto", amp: bool = False,
                  tile: Optional[int] = DEFAULT_TILE, chunk: int = DEFAULT_CHUNK,
-                 mask_method: str = "auto", register: bool = False):
+                 mask_method: str = "auto", register: Optional[bool] = None):
         net, desc = model_pack
         self.upscaler = VolumeUpscaler(net, select_device(device), tile, chunk, amp)
         self.data = target.data if target.data.ndim == 4 else target.data[..., None]
@@ -299,6 +301,8 @@ class SeriesUpscaler3D:
         if self.upscaler.uses_reference:
             if reference is None:
                 raise InputError(f"model '{desc.get('model')}' needs a T1w image (--ref)")
+            if register is None:
+                register = bool(desc.get("t1_registered_in_training", False))
             transform = register_rigid(reference, signal, target.affine) if register else None
             placed = place_t1_on_dwi_grid(reference, self.out_affine, self.out_shape,
                                           transform=transform)
