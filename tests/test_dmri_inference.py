@@ -206,7 +206,7 @@ def test_3d_path_normalises_and_restores_intensities(dwi_files, tmp_path, monkey
         assert np.median(rel) < 0.02 and np.corrcoef(sr[..., v][brain], cubic[brain])[0, 1] > 0.95
 
 
-def test_upscale_registers_a_shifted_t1w_to_the_mean_b0(dwi_files):
+def test_upscale_registers_a_shifted_t1w_to_the_mean_b0(dwi_files, monkeypatch):
     pytest.importorskip("dipy.align")
     f = dwi_files
     ph = f["phantom"]
@@ -227,6 +227,12 @@ def test_upscale_registers_a_shifted_t1w_to_the_mean_b0(dwi_files):
     assert pack[1]["t1_registered_in_training"] is False and placed(None)[0] is False
     trained_registered = (pack[0], {**pack[1], "t1_registered_in_training": True})
     assert placed(None, trained_registered)[0] is True
+    # Without dipy the default falls back to the headers (an explicit register would fail).
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "dipy" else real(name, *a))
+    assert placed(None, trained_registered)[0] is False
 
 
 def test_3d_model_on_a_single_volume_and_missing_reference(dwi_files):
@@ -243,9 +249,10 @@ def test_3d_model_on_a_single_volume_and_missing_reference(dwi_files):
 
 def test_default_model_of_a_series_with_reference(dwi_files, tmp_path, monkeypatch):
     from mrisr.models import registry
+    default = up.DEFAULT_DMRI_MODEL
     monkeypatch.setattr(registry, "weights_path", lambda name: dwi_files["model"]
-                        if name == "csr_dmri_s" else tmp_path / "absent.pt")
-    assert up.default_model_name(True, series=True) == "csr_dmri_s"
+                        if name == default else tmp_path / "absent.pt")
+    assert up.default_model_name(True, series=True) == default
     assert up.default_model_name(True) == "dualarbnet_s"
     assert up.default_model_name(False, series=True) == "liif_s"
     root = dwi_files["root"]
@@ -253,7 +260,7 @@ def test_default_model_of_a_series_with_reference(dwi_files, tmp_path, monkeypat
     code = main(["upscale", str(root / "dwi.nii.gz"), "--ref", str(root / "t1.nii.gz"),
                  "--scale", "2", "-o", str(tmp_path / "sr.nii.gz"), "--device", "cpu", "-q"])
     assert code == 0
-    assert json.loads((tmp_path / "sr.json").read_text())["model"] == "csr_dmri_s"
+    assert json.loads((tmp_path / "sr.json").read_text())["model"] == default
 
 
 # -- evaluation -------------------------------------------------------------------------------

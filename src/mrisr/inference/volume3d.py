@@ -24,6 +24,7 @@ the output grid once, upscales each volume and undoes the normalisation.
 """
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Sequence
 from typing import Callable, Optional, Union
@@ -272,7 +273,7 @@ class SeriesUpscaler3D:
         register: rigidly register the T1w to the mean b=0 (else the mean volume) on the input
             grid before placing it (:func:`~mrisr.data.dwi.register_rigid`, needs dipy);
             ``None``: as the model's training did (``t1_registered_in_training`` of the
-            description).
+            description) when dipy is installed, else by the headers alone.
     """
 
     def __init__(self, target: Volume, reference: Optional[Volume], model_pack: tuple,
@@ -302,7 +303,10 @@ class SeriesUpscaler3D:
             if reference is None:
                 raise InputError(f"model '{desc.get('model')}' needs a T1w image (--ref)")
             if register is None:
-                register = bool(desc.get("t1_registered_in_training", False))
+                # As in training, when dipy is there to do it; the header placement otherwise
+                # (the sidecar says which).
+                register = bool(desc.get("t1_registered_in_training", False)) and \
+                    importlib.util.find_spec("dipy") is not None
             transform = register_rigid(reference, signal, target.affine) if register else None
             placed = place_t1_on_dwi_grid(reference, self.out_affine, self.out_shape,
                                           transform=transform)
