@@ -2,7 +2,8 @@
 attenuation level of each shell, the roughness of the attenuations (noise), the T1w brain
 median against its robust maximum, and how well the placed T1w follows the attenuation with and
 without rigid registration; plus the same level and roughness for shells simulated from the
-Philips tensor fit (the `dmri.simulate_bvalues` of the training configs).
+Philips tensor fit (the `dmri.simulate_bvalues` of the training configs), and how close the
+level of an LR volume (what inference computes) is to its HR volume's (what training uses).
 
     python benchmarks/dmri_domain_stats.py
 """
@@ -15,6 +16,7 @@ import numpy as np
 from mrisr.config import data_root
 from mrisr.data.dwi import attenuation_level, load_dwi_subject, simulate_shells
 from mrisr.data.intensity import robust_max
+from mrisr.degradation import degrade
 
 SUBJECTS = {
     "dwi-philips-3t": ("2201_WIP_DTI_S2MB2.nii.gz", "1301_WIP_ADNI_Sag3D_MPRAGE.nii.gz", 1000),
@@ -30,7 +32,7 @@ def roughness(volume: np.ndarray, mask: np.ndarray) -> float:
 
 
 def main() -> None:
-    rows = []
+    rows, level_rows = [], []
     philips = None
     for name, (dwi, t1, bvalue) in SUBJECTS.items():
         folder = os.path.join(data_root(), name)
@@ -46,6 +48,12 @@ def main() -> None:
         # s.t1 is divided by its brain median, so this is the median over the robust maximum
         # (the brain's place under the scaling used before, which divided by the maximum).
         ratio = 1.0 / robust_max(np.where(s.mask, s.t1, 0.0))
+        hr_levels = np.array(levels)
+        ratios = []
+        for scale in (2.0, 2.4, 3.0, 4.0):
+            lr = degrade(np.moveaxis(s.shell, -1, 0), scale, kind="bicubic", n_spatial=3)
+            ratios.append(np.array([attenuation_level(v) for v in lr]) / hr_levels)
+        level_rows.append((name, ratios))
         rows.append((f"{name} b={bvalue}", np.mean(levels), rough, rough / np.mean(levels),
                      ratio, placed[False], placed[True]))
     print("| series | level | roughness | roughness / level | T1w brain median / robust max "
@@ -54,6 +62,10 @@ def main() -> None:
     for r in rows:
         print(f"| {r[0]} | {r[1]:.3f} | {r[2]:.3f} | {r[3]:.2f} | {r[4]:.2f} | {r[5]:.3f} "
               f"| {r[6]:.3f} |")
+    print("\n| LR level / HR level, min-max over the volumes | x2 | x2.4 | x3 | x4 |")
+    print("|---|---|---|---|---|")
+    for name, ratios in level_rows:
+        print(f"| {name} | " + " | ".join(f"{r.min():.3f}-{r.max():.3f}" for r in ratios) + " |")
     sim = simulate_shells(philips, [1000, 1500, 2000, 2500, 3000], 4, seed=0)
     n = philips.shell.shape[3]
     print("\n| simulated from dwi-philips-3t | level | roughness | roughness / level |")
