@@ -416,6 +416,34 @@ def test_t1_gamma_bends_the_t1_patch_and_is_validated():
             dmri_config(t1_gamma=bad)
 
 
+def test_t1_shift_cuts_the_t1_patch_elsewhere_and_nothing_else():
+    plain, _ = tiny_task()
+    moved, _ = tiny_task(t1_shift=2)
+    shifted = 0
+    for step in range(4):
+        a, b = plain.batch(step), moved.batch(step)
+        torch.testing.assert_close(b["hr"], a["hr"])
+        torch.testing.assert_close(b["lr"], a["lr"])
+        t1 = moved.subjects[0].t1
+        region = moved.regions[0]
+        n = a["hr_shape"]
+        for i, origin in enumerate(a["origin"].numpy()):
+            # The T1w patch is the LR degradation of a crop within 2 voxels of the DWI's.
+            candidates = {}
+            for d in np.ndindex(5, 5, 5):
+                o = np.clip(origin + np.array(d) - 2, [r.start for r in region],
+                            np.array([r.stop for r in region]) - n)
+                crop = t1[tuple(slice(int(x), int(x + m)) for x, m in zip(o, n))]
+                candidates[tuple(o)] = spline_resize(crop, (5, 5, 5), order=3)
+            errors = {o: np.abs(c - b["ref"][i, 0].numpy()).max() for o, c in candidates.items()}
+            best = min(errors, key=errors.get)
+            assert errors[best] < 1e-5
+            shifted += best != tuple(origin)
+    assert shifted > 0
+    with pytest.raises(ConfigError, match="t1_shift"):
+        dmri_config(t1_shift=-1)
+
+
 def test_per_axis_scales_and_random_queries():
     task, model = tiny_task(per_axis=True, queries=50, frequency_weight=0.0)
     shapes = [task.batch(s)["hr_shape"] for s in range(6)]

@@ -128,8 +128,8 @@ def attenuation_level(volume: np.ndarray) -> float:
     Attenuations are 0 outside the brain by convention, so the positive voxels are the brain;
     the floor drops CSF and the small values that cubic downsampling spreads across the mask
     border, so the level of an LR volume is within a few percent of its HR volume's at x2-x4
-    (0.95-1.01 on the shared Philips and Siemens series, benchmarks/dmri_domain_stats.py). It is about 0.45 at b=1000 and 0.2 at
-    b=2500: dividing by it makes shells alike.
+    (0.95-1.01 on the shared Philips and Siemens series, benchmarks/dmri_domain_stats.py). It
+    is about 0.45 at b=1000 and 0.2 at b=2500: dividing by it makes shells alike.
     """
     values = np.asarray(volume, dtype=np.float32)
     values = values[values > 0]

@@ -139,6 +139,9 @@ class DmriDataConfig(DwiSourceConfig):
         outside it the prediction is replaced by the target before both loss terms).
     t1_gamma: ``[min, max]`` of a random power applied to each T1w patch (log-uniform), so the
         model does not learn one T1w sequence's contrast; empty: none.
+    t1_shift: the T1w patch is cut at a random offset of up to this many HR voxels per axis
+        from the DWI patch (within the training region), so the model learns not to trust
+        T1w detail that a distorted EPI does not share; 0: aligned.
     simulate_bvalues, simulate_per_bvalue: add to each training subject ``simulate_per_bvalue``
         volumes per b-value simulated from its tensor fit and noise
         (:func:`~mrisr.data.dwi.simulate_shells`), so one measured shell teaches others.
@@ -153,6 +156,7 @@ class DmriDataConfig(DwiSourceConfig):
     t1_gamma: list[float] = field(default_factory=list)
     simulate_bvalues: list[float] = field(default_factory=list)
     simulate_per_bvalue: int = 8
+    t1_shift: int = 0
 
     def validate(self, source: str) -> None:
         super().validate(source)
@@ -165,6 +169,8 @@ class DmriDataConfig(DwiSourceConfig):
                               not 0 < self.t1_gamma[0] <= self.t1_gamma[1]):
             raise ConfigError(f"{source}: dmri.t1_gamma must be [min, max] with "
                               "0 < min <= max, or empty")
+        if self.t1_shift < 0:
+            raise ConfigError(f"{source}: dmri.t1_shift must be >= 0 voxels")
         if any(b <= 0 for b in self.simulate_bvalues) or self.simulate_per_bvalue < 1:
             raise ConfigError(f"{source}: dmri.simulate_bvalues must be positive b-values and "
                               "dmri.simulate_per_bvalue at least 1")
