@@ -252,8 +252,8 @@ class SeriesUpscaler3D:
     Prepared once per series: the intensity normalisation, the brain mask (from the mean b=0,
     else the mean over the volumes; ``mask_method`` of :func:`~mrisr.data.dwi.brain_mask`) and
     the scaled T1w on the output grid (placed through the affines, refined with ``register`` by
-    a rigid registration to the mean b=0, as the configs of the shipped models train). Per
-    volume (:meth:`upscale`):
+    a rigid registration to the mean b=0, as the dMRI training configs do). Per volume
+    (:meth:`upscale`):
 
     * with b-values that include b=0 volumes, the volume is divided by the mean b=0 inside the
       mask (the training attenuation) and the model's output multiplied by the mean b=0
