@@ -444,6 +444,26 @@ def test_t1_shift_cuts_the_t1_patch_elsewhere_and_nothing_else():
         dmri_config(t1_shift=-1)
 
 
+def test_t1_shift_fraction_leaves_the_other_samples_aligned():
+    plain, _ = tiny_task()
+    never, _ = tiny_task(t1_shift=2, t1_shift_fraction=0.0)
+    half, _ = tiny_task(t1_shift=2, t1_shift_fraction=0.5)
+    aligned = moved = 0
+    for step in range(6):
+        a = plain.batch(step)
+        torch.testing.assert_close(never.batch(step)["ref"], a["ref"])
+        b = half.batch(step)
+        torch.testing.assert_close(b["hr"], a["hr"])
+        for i in range(len(a["ref"])):
+            same = torch.equal(b["ref"][i], a["ref"][i])
+            aligned += same
+            moved += not same
+    assert aligned > 0 and moved > 0
+    for bad in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="t1_shift_fraction"):
+            dmri_config(t1_shift=2, t1_shift_fraction=bad)
+
+
 def test_per_axis_scales_and_random_queries():
     task, model = tiny_task(per_axis=True, queries=50, frequency_weight=0.0)
     shapes = [task.batch(s)["hr_shape"] for s in range(6)]

@@ -91,13 +91,15 @@ def test_batches_are_deterministic_aligned_and_scales_independent(tmp_path):
     assert len({r for _, r in own}) > 1 and any(abs(s - r) > 0.5 for s, r in own)
 
 
-def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path):
-    final_a = train(tiny_config(tmp_path / "a", steps=(3, 3)), show_progress=False)
-    interrupted = tiny_config(tmp_path / "b", steps=(3, 3))
+@pytest.mark.parametrize("ema_decay", [0.0, 0.8])
+def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, ema_decay):
+    optim = {"ema_decay": ema_decay}
+    final_a = train(tiny_config(tmp_path / "a", steps=(3, 3), optim=optim), show_progress=False)
+    interrupted = tiny_config(tmp_path / "b", steps=(3, 3), optim=optim)
     interrupted.run.max_minutes = 1e-9  # the budget is spent after the first step
     train(interrupted, show_progress=False)
     assert load_checkpoint(tmp_path / "b" / "run" / "last.pt").payload["step"] == 1
-    final_b = train(tiny_config(tmp_path / "b", steps=(3, 3)), resume="auto",
+    final_b = train(tiny_config(tmp_path / "b", steps=(3, 3), optim=optim), resume="auto",
                     show_progress=False)
     a = load_checkpoint(final_a).model.state_dict()
     b = load_checkpoint(final_b).model.state_dict()
@@ -106,6 +108,24 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path):
     log_a = (tmp_path / "a" / "run" / "log.csv").read_text().splitlines()
     log_b = (tmp_path / "b" / "run" / "log.csv").read_text().splitlines()
     assert [r.split(",")[:3] for r in log_a] == [r.split(",")[:3] for r in log_b]
+
+
+def test_weight_average_is_what_final_checkpoint_holds(tmp_path):
+    decay = 0.8
+    final = train(tiny_config(tmp_path, steps=(2, 2), optim={"ema_decay": decay}),
+                  show_progress=False)
+    last = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    averaged = load_checkpoint(final).model.state_dict()
+    raw = last["state_dict"]
+    assert int(last["ema"]["n_averaged"]) == 4
+    for key in raw:
+        torch.testing.assert_close(averaged[key], last["ema"][f"module.{key}"], rtol=0, atol=0)
+    # Four steps from the initial weights: the average lags the last iterate.
+    moved = [key for key in raw if raw[key].is_floating_point() and
+             not torch.equal(raw[key], averaged[key])]
+    assert moved
+    with pytest.raises(ConfigError, match="ema_decay"):
+        tiny_config(tmp_path, optim={"ema_decay": 1.0}).validate("test")
 
 
 def test_checkpoint_records_config_data_and_version(tmp_path):

@@ -142,6 +142,8 @@ class DmriDataConfig(DwiSourceConfig):
     t1_shift: the T1w patch is cut at a random offset of up to this many HR voxels per axis
         from the DWI patch (within the training region), so the model learns not to trust
         T1w detail that a distorted EPI does not share; 0: aligned.
+    t1_shift_fraction: the share of samples whose T1w patch is shifted (the others stay
+        aligned), so that the model has to tell from the data how far to trust the T1w.
     simulate_bvalues, simulate_per_bvalue: add to each training subject ``simulate_per_bvalue``
         volumes per b-value simulated from its tensor fit and noise
         (:func:`~mrisr.data.dwi.simulate_shells`), so one measured shell teaches others.
@@ -157,6 +159,7 @@ class DmriDataConfig(DwiSourceConfig):
     simulate_bvalues: list[float] = field(default_factory=list)
     simulate_per_bvalue: int = 8
     t1_shift: int = 0
+    t1_shift_fraction: float = 1.0
 
     def validate(self, source: str) -> None:
         super().validate(source)
@@ -171,6 +174,8 @@ class DmriDataConfig(DwiSourceConfig):
                               "0 < min <= max, or empty")
         if self.t1_shift < 0:
             raise ConfigError(f"{source}: dmri.t1_shift must be >= 0 voxels")
+        if not 0.0 <= self.t1_shift_fraction <= 1.0:
+            raise ConfigError(f"{source}: dmri.t1_shift_fraction must be in [0, 1]")
         if any(b <= 0 for b in self.simulate_bvalues) or self.simulate_per_bvalue < 1:
             raise ConfigError(f"{source}: dmri.simulate_bvalues must be positive b-values and "
                               "dmri.simulate_per_bvalue at least 1")
@@ -200,7 +205,12 @@ class LossConfig:
 @dataclass
 class OptimConfig:
     """Adam; ``schedule`` ``step`` (multiply by ``gamma`` every ``decay_every`` steps, the
-    papers) or ``cosine`` (to ``min_lr_ratio`` at the end of the curriculum)."""
+    papers) or ``cosine`` (to ``min_lr_ratio`` at the end of the curriculum).
+
+    ``ema_decay``: keep an exponential moving average of the weights (decay per step; 0 = off)
+    and write it as the trained model (``final.pt``, validation). With targets as noisy as
+    diffusion attenuations the last SGD iterate overshoots; the average does not.
+    """
 
     lr: float = 1e-4
     batch_size: int = 6
@@ -210,8 +220,12 @@ class OptimConfig:
     min_lr_ratio: float = 0.05
     weight_decay: float = 0.0
     grad_clip: Optional[float] = None
+    ema_decay: float = 0.0
 
     def validate(self, source: str) -> None:
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f"{source}: optim.ema_decay must be in [0, 1), got "
+                              f"{self.ema_decay}")
         if self.schedule not in ("step", "cosine"):
             raise ConfigError(f"{source}: optim.schedule must be step or cosine")
         if self.batch_size < 1 or self.lr <= 0:

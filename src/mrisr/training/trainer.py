@@ -5,8 +5,10 @@ a given step whatever the process count) and the loss (``task.loss(model, batch)
 trainer owns everything else: Adam with a step-indexed learning-rate schedule (so resuming
 needs no scheduler object), mixed precision on CUDA, DistributedDataParallel under
 ``torchrun``, rank-0 logging (CSV, optional TensorBoard, progress bar) and checkpoints
-(``last.pt`` with optimizer state for exact resume, ``final.pt`` with weights only), a time
-budget that spans resumes, and periodic validation with the shared evaluation harness.
+(``last.pt`` with optimizer state for exact resume, ``final.pt`` with weights only), an
+optional moving average of the weights (``optim.ema_decay``: ``final.pt`` and validation use it,
+``last.pt`` keeps both), a time budget that spans resumes, and periodic validation with the
+shared evaluation harness.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from typing import Optional
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mrisr.config import to_dict
 from mrisr.errors import InputError
@@ -83,6 +86,15 @@ class Trainer:
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
         self.amp = cfg.run.amp and device.type == "cuda"
         self._tb = None
+        self.ema = None
+        if cfg.optim.ema_decay:
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(
+                cfg.optim.ema_decay), use_buffers=True)
+
+    @property
+    def trained_model(self) -> nn.Module:
+        """The weights that the run produces: the moving average when there is one."""
+        return self.ema.module if self.ema is not None else self.model
 
     # -- checkpoints ----------------------------------------------------------------------
     def _extra(self, with_state: bool) -> dict:
@@ -91,12 +103,17 @@ class Trainer:
                                                 "total_steps": self.cfg.total_steps}}
         if with_state:
             extra["optimizer"] = self.optimizer.state_dict()
+            if self.ema is not None:
+                extra["ema"] = {k: v.detach().cpu() for k, v in self.ema.state_dict().items()}
         return extra
 
     def save(self, name: str, with_state: bool = True) -> Optional[Path]:
+        """``with_state``: the raw weights plus what resuming needs; otherwise the trained
+        model's weights only."""
         if not self.dist.is_main:
             return None
-        return save_checkpoint(self.out_dir / name, self.model, **self._extra(with_state))
+        model = self.model if with_state else self.trained_model
+        return save_checkpoint(self.out_dir / name, model, **self._extra(with_state))
 
     def resume(self, path: str | Path) -> None:
         payload = read_checkpoint(path)
@@ -110,6 +127,11 @@ class Trainer:
                              "from last.pt")
         self.model.load_state_dict(payload["state_dict"])
         self.optimizer.load_state_dict(payload["optimizer"])
+        if self.ema is not None:
+            if "ema" not in payload:
+                raise InputError(f"{path}: has no weight average but optim.ema_decay is set; "
+                                 "resume with the config it was trained with")
+            self.ema.load_state_dict(payload["ema"])
         self.step = int(payload["step"])
         self.elapsed = float(payload["trainer"]["elapsed"])
         self._truncate_log()
@@ -163,6 +185,8 @@ class Trainer:
         if self.cfg.optim.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.optim.grad_clip)
         self.optimizer.step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
         return float(loss.detach()), {**parts, "lr": lr}
 
     def fit(self, show_progress: bool = True) -> Optional[Path]:
@@ -219,7 +243,7 @@ class Trainer:
 
         cfg = from_dict(EvaluateConfig, {"methods": [{"name": "cubic"}], "figure_scale": None,
                                          **self.cfg.validation.evaluate}, source="validation")
-        method = ModelMethod(model=self.model, device=str(self.device),
+        method = ModelMethod(model=self.trained_model, device=str(self.device),
                              input_kind=self.cfg.data.input)
         result = evaluate(cfg, methods={"model": method}, show_progress=False)
         summary = {"step": self.step,

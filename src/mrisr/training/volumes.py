@@ -10,11 +10,11 @@ T1w patch stacked as the second channel. For a model with ``level_norm`` the HR 
 divided by its volume's :func:`~mrisr.data.dwi.attenuation_level` (over the training region);
 with ``dmri.t1_gamma`` the T1w patch is raised to a random power (it is about 1 in brain tissue,
 so this bends its contrast and keeps its scale), and with ``dmri.t1_shift`` it is cut up to that
-many voxels away from the DWI patch (misregistration). With ``dmri.simulate_bvalues`` each
-subject also has volumes of other shells simulated from its tensor fit
-(:func:`~mrisr.data.dwi.simulate_shells`), drawn like the measured ones. The queries are the HR
-voxels (all of them by default, so the 3D frequency loss sees the whole patch). Rank ``r`` of
-``w`` builds samples ``r::w``.
+many voxels away from the DWI patch (misregistration) in a ``dmri.t1_shift_fraction`` of the
+samples. With ``dmri.simulate_bvalues`` each subject also has volumes of other shells simulated
+from its tensor fit (:func:`~mrisr.data.dwi.simulate_shells`), drawn like the measured ones.
+The queries are the HR voxels (all of them by default, so the 3D frequency loss sees the whole
+patch). Rank ``r`` of ``w`` builds samples ``r::w``.
 
 Each subject's volume is split into a training region and a held-out slab at the high end of
 ``dmri.holdout_axis``: with one subject per scanner, evaluation happens on the slab.
@@ -126,7 +126,7 @@ class VolumePatchTask:
                 "volumes": [int(s.shell.shape[3]) for s in self.subjects],
                 "bvalue": self.d.bvalue, "level_norm": self.level_norm,
                 "t1_gamma": list(self.d.t1_gamma) if self.d.t1_gamma else None,
-                "t1_shift": self.d.t1_shift,
+                "t1_shift": self.d.t1_shift, "t1_shift_fraction": self.d.t1_shift_fraction,
                 "simulated": {"bvalues": list(self.d.simulate_bvalues),
                               "per_bvalue": self.d.simulate_per_bvalue}
                 if self.d.simulate_bvalues else None,
@@ -191,10 +191,11 @@ class VolumePatchTask:
             item["brain"] = (brain.reshape(1, -1)[:, pick] if self.d.queries else brain)
         if self.use_t1:
             t1_crop = crop
-            if self.d.t1_shift:
-                # Its own generator, so that the shift changes nothing else of the plan.
-                k = self.d.t1_shift
-                offset = np.random.default_rng([query_seed, 1]).integers(-k, k + 1, size=3)
+            # Its own generator, so that the shift changes nothing else of the plan.
+            shift_rng = np.random.default_rng([query_seed, 1])
+            k = self.d.t1_shift
+            offset = shift_rng.integers(-k, k + 1, size=3)
+            if k and shift_rng.random() < self.d.t1_shift_fraction:
                 moved = np.clip(origin + offset, lo, hi)
                 t1_crop = tuple(slice(int(o), int(o + n)) for o, n in zip(moved, size))
             t1 = np.ascontiguousarray(s.t1[t1_crop], dtype=np.float32)
