@@ -1,4 +1,6 @@
 """3D diffusion SR (CSR-dMRI family): data pipeline, models, training task, tensor fidelity."""
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -462,6 +464,33 @@ def test_t1_shift_fraction_leaves_the_other_samples_aligned():
     for bad in (-0.1, 1.5):
         with pytest.raises(ConfigError, match="t1_shift_fraction"):
             dmri_config(t1_shift=2, t1_shift_fraction=bad)
+
+
+def test_augment_reorients_every_array_of_a_sample_alike():
+    plain, _ = tiny_task(loss_region="brain")
+    turned, _ = tiny_task(loss_region="brain", augment=True)
+    orientations = [(flips, order) for flips in itertools.product((False, True), repeat=3)
+                    for order in itertools.permutations(range(3))]
+
+    def orient(a, flips, order):
+        return np.transpose(np.flip(a, [i for i in range(3) if flips[i]]), order)
+    seen = set()
+    for step in range(3):
+        a, b = plain.batch(step), turned.batch(step)
+        for i in range(len(a["hr"])):
+            hr, hr_b = a["hr"][i, 0].numpy(), b["hr"][i, 0].numpy()
+            match = [o for o in orientations if np.array_equal(orient(hr, *o), hr_b)]
+            assert match
+            flips, order = match[0]
+            assert np.array_equal(orient(a["brain"][i, 0].numpy(), flips, order),
+                                  b["brain"][i, 0].numpy())
+            # The LR patches are the degradations of the reoriented HR: B-spline resizing
+            # commutes with flips and transposes.
+            for key in ("lr", "ref"):
+                np.testing.assert_allclose(orient(a[key][i, 0].numpy(), flips, order),
+                                           b[key][i, 0].numpy(), atol=1e-5)
+            seen.add(match[0] if len(match) == 1 else None)
+    assert len(seen - {None}) > 3
 
 
 def test_per_axis_scales_and_random_queries():

@@ -144,6 +144,8 @@ class DmriDataConfig(DwiSourceConfig):
         T1w detail that a distorted EPI does not share; 0: aligned.
     t1_shift_fraction: the share of samples whose T1w patch is shifted (the others stay
         aligned), so that the model has to tell from the data how far to trust the T1w.
+    augment: flip each axis and permute the axes of each sample at random (the same for its
+        DWI, mask and T1w patches): one subject's anatomy in 48 orientations.
     simulate_bvalues, simulate_per_bvalue: add to each training subject ``simulate_per_bvalue``
         volumes per b-value simulated from its tensor fit and noise
         (:func:`~mrisr.data.dwi.simulate_shells`), so one measured shell teaches others.
@@ -160,6 +162,7 @@ class DmriDataConfig(DwiSourceConfig):
     simulate_per_bvalue: int = 8
     t1_shift: int = 0
     t1_shift_fraction: float = 1.0
+    augment: bool = False
 
     def validate(self, source: str) -> None:
         super().validate(source)

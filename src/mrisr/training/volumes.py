@@ -11,7 +11,8 @@ divided by its volume's :func:`~mrisr.data.dwi.attenuation_level` (over the trai
 with ``dmri.t1_gamma`` the T1w patch is raised to a random power (it is about 1 in brain tissue,
 so this bends its contrast and keeps its scale), and with ``dmri.t1_shift`` it is cut up to that
 many voxels away from the DWI patch (misregistration) in a ``dmri.t1_shift_fraction`` of the
-samples. With ``dmri.simulate_bvalues`` each subject also has volumes of other shells simulated
+samples. With ``dmri.augment`` every sample is randomly flipped and its axes permuted. With
+``dmri.simulate_bvalues`` each subject also has volumes of other shells simulated
 from its tensor fit (:func:`~mrisr.data.dwi.simulate_shells`), drawn like the measured ones.
 The queries are the HR voxels (all of them by default, so the 3D frequency loss sees the whole
 patch). Rank ``r`` of ``w`` builds samples ``r::w``.
@@ -21,7 +22,7 @@ Each subject's volume is split into a training region and a held-out slab at the
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -126,7 +127,8 @@ class VolumePatchTask:
                 "volumes": [int(s.shell.shape[3]) for s in self.subjects],
                 "bvalue": self.d.bvalue, "level_norm": self.level_norm,
                 "t1_gamma": list(self.d.t1_gamma) if self.d.t1_gamma else None,
-                "t1_shift": self.d.t1_shift, "t1_shift_fraction": self.d.t1_shift_fraction,
+                "augment": self.d.augment, "t1_shift": self.d.t1_shift,
+                "t1_shift_fraction": self.d.t1_shift_fraction,
                 "simulated": {"bvalues": list(self.d.simulate_bvalues),
                               "per_bvalue": self.d.simulate_per_bvalue}
                 if self.d.simulate_bvalues else None,
@@ -180,14 +182,15 @@ class VolumePatchTask:
         origin = np.clip(centre - size // 2, lo, hi)
         crop = tuple(slice(int(o), int(o + n)) for o, n in zip(origin, size))
         lr_shape = (self.d.lr_patch,) * 3
+        orient = self._orientation(query_seed, hr_shape)
         # A new array: the crop may be a view of the subject's data.
-        hr = (s.shell[crop + (volume,)] / self.levels[index][volume]).astype(np.float32)
+        hr = orient(s.shell[crop + (volume,)] / self.levels[index][volume]).astype(np.float32)
         pick = np.random.default_rng(query_seed).choice(
             hr.size, self.d.queries, replace=hr.size < self.d.queries) if self.d.queries else None
         item = {"lr": spline_resize(hr, lr_shape, order=3)[None].astype(np.float32),
                 "origin": origin.astype(np.int64), "volume": np.int64(volume)}
         if self.d.loss_region == "brain":
-            brain = np.ascontiguousarray(s.mask[crop], dtype=bool)[None]
+            brain = np.ascontiguousarray(orient(s.mask[crop]), dtype=bool)[None]
             item["brain"] = (brain.reshape(1, -1)[:, pick] if self.d.queries else brain)
         if self.use_t1:
             t1_crop = crop
@@ -198,7 +201,7 @@ class VolumePatchTask:
             if k and shift_rng.random() < self.d.t1_shift_fraction:
                 moved = np.clip(origin + offset, lo, hi)
                 t1_crop = tuple(slice(int(o), int(o + n)) for o, n in zip(moved, size))
-            t1 = np.ascontiguousarray(s.t1[t1_crop], dtype=np.float32)
+            t1 = np.ascontiguousarray(orient(s.t1[t1_crop]), dtype=np.float32)
             if gamma != 1.0:
                 t1 = np.power(np.clip(t1, 0.0, None), gamma, dtype=np.float32)
             ref = t1 if self.t1_mode == "own_resolution" else spline_resize(t1, lr_shape, 3)
@@ -212,6 +215,26 @@ class VolumePatchTask:
         else:
             item["hr"] = hr[None]
         return item
+
+    def _orientation(self, query_seed: int, hr_shape) -> Callable[[np.ndarray], np.ndarray]:
+        """With ``dmri.augment``, a random flip of each axis and a random order of the axes of
+        equal length (all of them for isotropic scales), the same for every array of a sample;
+        otherwise the identity. A reflected or transposed attenuation volume is that of the
+        reflected anatomy under the reflected gradient direction, so it is still a valid
+        training volume, and one subject gives many anatomies."""
+        if not self.d.augment:
+            return lambda a: a
+        rng = np.random.default_rng([query_seed, 2])
+        flips = tuple(int(axis) for axis in np.flatnonzero(rng.random(3) < 0.5))
+        order = np.arange(3)
+        for n in set(hr_shape):
+            same = np.flatnonzero(np.array(hr_shape) == n)
+            order[same] = rng.permutation(same)
+
+        def orient(array: np.ndarray) -> np.ndarray:
+            out = np.flip(array, flips) if flips else array
+            return np.transpose(out, tuple(int(a) for a in order))
+        return orient
 
     @staticmethod
     def query(batch: dict) -> PointQuery:
