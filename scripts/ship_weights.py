@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """Copy a trained run's final checkpoint into the package as a preset's shipped weights.
 
-    python scripts/ship_weights.py runs/dualarbnet_s_brats dualarbnet_s
+    python scripts/ship_weights.py runs/dualarbnet_s_brats dualarbnet_s [CONFIG]
 
 Writes src/mrisr/weights/<name>.pt (weights and self-description, no optimizer state) and
-<name>.yaml (the training config that produced it, for reproduction), after checking that the
+<name>.yaml (the training config that produced it, for reproduction; CONFIG, if given, is the
+config file in configs/ that reproduces it, named in the header), after checking that the
 checkpoint is of that preset and loads with weights_only=True.
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ import yaml
 from mrisr.models.checkpoint import load_checkpoint
 
 
-def main(run: str, name: str) -> None:
+def main(run: str, name: str, config: str | None = None) -> None:
     src = Path(run) / "final.pt"
     loaded = load_checkpoint(src)
     preset = loaded.payload["model"].get("preset")
@@ -32,6 +33,8 @@ def main(run: str, name: str) -> None:
     cfg = loaded.payload["train_config"]
     header = (f"# Training config of the shipped {name} weights (step {loaded.payload['step']}, "
               f"mrisr {loaded.payload['code_version']}).\n")
+    if config:
+        header += f"# Reproduce with: mrisr train {config}\n"
     (out_dir / f"{name}.yaml").write_text(header + yaml.safe_dump(cfg, sort_keys=False))
     size = (out_dir / f"{name}.pt").stat().st_size / 2**20
     n_params = sum(v.numel() for v in loaded.model.state_dict().values())
@@ -39,6 +42,6 @@ def main(run: str, name: str) -> None:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
+    if len(sys.argv) not in (3, 4):
         raise SystemExit(__doc__)
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from scipy import ndimage
 
 from mrisr.cli.main import main
 from mrisr.config import from_dict, load_yaml
 from mrisr.data.phantom import make_dwi_phantom
+from mrisr.data.intensity import robust_max
 from mrisr.degradation import degrade_volume, spline_resize
 from mrisr.errors import InputError
 from mrisr.evaluation.dmri import (DmriEvaluateConfig, evaluate_dmri, scale_category,
@@ -160,7 +160,8 @@ def test_4d_series_upscaled_with_a_3d_model(dwi_files, tmp_path):
         assert (tmp_path / f"sr.{ext}").read_text() == (f["root"] / f"dwi.{ext}").read_text()
     info = json.loads((tmp_path / "sr.json").read_text())
     assert info["architecture"]["architecture"] == "csr_dmri" and info["volumes"] == 7
-    assert info["normalisation"]["method"] == "mean_b0"
+    assert info["normalisation"]["method"] == "robust_max_per_volume"
+    assert info["normalisation"]["mask_from"] == "mean_b0"
     assert info["normalisation"]["b0_volumes"] == 1
     assert info["reference"]["brain_covered_fraction"] == 1.0
     assert info["output_voxel_size"] == pytest.approx([2.5, 2.5, 2.5])
@@ -175,35 +176,39 @@ def test_4d_series_upscaled_with_a_3d_model(dwi_files, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["dwi", "nobval"])
-def test_3d_path_normalises_and_restores_intensities(dwi_files, tmp_path, monkeypatch, name):
-    """With an identity-like model (cubic interpolation of what it is given) the output must
-    come back in the input's units: b=0 normalisation with the .bval, robust maxima without."""
+def test_3d_path_adds_the_model_correction_in_the_input_units(dwi_files, tmp_path, monkeypatch,
+                                                                name):
+    """A model that adds 0.05 to the cubic interpolation of what it is given: the output must be
+    the cubic interpolation of the input volume plus 0.05 times the volume's robust maximum
+    inside the brain, and the cubic interpolation alone outside it."""
     f = dwi_files
     seen = []
+    offset = 0.05
 
-    def cubic_model(self, lr, out_shape, t1=None, out=None, progress=None):
+    def shifted_cubic_model(self, lr, out_shape, t1=None, out=None, progress=None):
         seen.append(float(lr.max()))
-        return spline_resize(lr, out_shape).astype(np.float32)
-    monkeypatch.setattr(VolumeUpscaler, "__call__", cubic_model)
+        return spline_resize(lr, out_shape).astype(np.float32) + np.float32(offset)
+    monkeypatch.setattr(VolumeUpscaler, "__call__", shifted_cubic_model)
     up.upscale_file(f["root"] / f"{name}.nii.gz", tmp_path / "sr.nii.gz",
                     f["root"] / "t1.nii.gz", scale=2, model=str(f["model"]), device="cpu")
     sr = np.asarray(nib.load(str(tmp_path / "sr.nii.gz")).dataobj)
-    method = json.loads((tmp_path / "sr.json").read_text())["normalisation"]["method"]
-    assert method == ("mean_b0" if name == "dwi" else "robust_max_per_volume")
-    # The model saw attenuations in [0, 2], not scanner units (the series is scaled by 1000).
-    assert max(seen) <= 2.0 and min(seen) > 0.2
-    # Away from the edge of the brain mask (where the zeros outside it enter the interpolation).
+    info = json.loads((tmp_path / "sr.json").read_text())["normalisation"]
+    assert info["method"] == "robust_max_per_volume"
+    assert info["mask_from"] == ("mean_b0" if name == "dwi" else "mean_volume")
+    # The model saw intensities about [0, 1], not scanner units (the series is scaled by 1000).
+    assert max(seen) <= 2.0 and min(seen) > 0.5
     runner = SeriesUpscaler3D(Volume(f["lr"], f["lr_affine"]),
                               Volume(f["phantom"].t1w, f["phantom"].affine),
                               up.load_model(str(f["model"]), True), sr.shape[:3],
                               f["phantom"].affine, f["phantom"].bvals if name == "dwi" else None)
-    brain = ndimage.binary_erosion(runner.mask_hr, iterations=3)
+    inside = runner.mask_hr
+    assert inside.any() and (~inside).any()
     for v in (0, 4):
-        cubic = np.clip(spline_resize(f["lr"][..., v], sr.shape[:3]), 0, None)
-        rel = np.abs(sr[..., v] - cubic)[brain] / cubic[brain].max()
-        # A product of two interpolations is not the interpolation of the product: close, but
-        # not equal, where the attenuation changes between tissues.
-        assert np.median(rel) < 0.02 and np.corrcoef(sr[..., v][brain], cubic[brain])[0, 1] > 0.95
+        cubic = spline_resize(f["lr"][..., v], sr.shape[:3])
+        factor = robust_max(f["lr"][..., v][runner.mask])
+        expected = np.where(inside, cubic + offset * factor, cubic)
+        np.testing.assert_allclose(sr[..., v], np.clip(expected, 0, None), rtol=1e-4,
+                                   atol=1e-3 * factor)
 
 
 def test_upscale_registers_a_shifted_t1w_to_the_mean_b0(dwi_files, monkeypatch):

@@ -2,9 +2,9 @@
 
 What the model sees is what :mod:`mrisr.training.volumes` trained it on:
 
-* the diffusion volume as the attenuation ``S / mean S_0`` (about ``[0, 1]``; 0 outside the
-  brain; clipped at :data:`~mrisr.data.dwi.MAX_ATTENUATION` like the training subjects), on
-  the LR grid;
+* a volume on the LR grid with intensities about ``[0, 1]`` and 0 outside the brain, clipped
+  at :data:`~mrisr.data.dwi.MAX_ATTENUATION` like the training attenuations ``S / mean S_0``
+  (:class:`SeriesUpscaler3D` gives each volume of a series divided by its robust maximum);
 * for a model with ``level_norm``, the LR volume divided by its
   :func:`~mrisr.data.dwi.attenuation_level`, the output multiplied back;
 * the T1w on the HR grid divided by its median inside the brain
@@ -18,9 +18,9 @@ neighbourhood of a whole-volume encoding (the zero padding of the convolutions t
 the volume's own border); a volume that fits in one window is encoded whole. The output grid is
 decoded a chunk of points at a time into a preallocated (optionally memory-mapped) array.
 
-:class:`SeriesUpscaler3D` is the NIfTI side (``mrisr upscale`` with a 3D model): it normalises a
-diffusion series by its mean b=0 (per-volume robust maxima without b-values), places the T1w on
-the output grid once, upscales each volume and undoes the normalisation.
+:class:`SeriesUpscaler3D` is the NIfTI side (``mrisr upscale`` with a 3D model): it masks the
+brain, places the T1w on the output grid once and upscales each volume of a series as a degraded
+image in its own right (see the class for why not as an attenuation).
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mrisr.data.dwi import (MAX_ATTENUATION, MIN_B0_FRACTION, attenuation_level, b0_indices,
+from mrisr.data.dwi import (MAX_ATTENUATION, attenuation_level, b0_indices,
                             brain_mask, place_t1_on_dwi_grid, register_rigid, scale_t1)
 from mrisr.data.intensity import robust_max
 from mrisr.degradation import spline_resize
@@ -249,18 +249,24 @@ def read_series_bvals(series_path, n_volumes: int) -> Optional[np.ndarray]:
 class SeriesUpscaler3D:
     """Upscale the volumes of a diffusion series (or one 3D volume) with a 3D model.
 
-    Prepared once per series: the intensity normalisation, the brain mask (from the mean b=0,
-    else the mean over the volumes; ``mask_method`` of :func:`~mrisr.data.dwi.brain_mask`) and
-    the scaled T1w on the output grid (placed through the affines, refined with ``register`` by
-    a rigid registration to the mean b=0, as the dMRI training configs do). Per volume
-    (:meth:`upscale`):
+    Prepared once per series: the brain mask (from the mean b=0, else the mean over the volumes;
+    ``mask_method`` of :func:`~mrisr.data.dwi.brain_mask`) and the scaled T1w on the output grid
+    (placed through the affines, refined with ``register`` by a rigid registration to the mean
+    b=0, as the dMRI training configs do). Per volume (:meth:`upscale`):
 
-    * with b-values that include b=0 volumes, the volume is divided by the mean b=0 inside the
-      mask (the training attenuation) and the model's output multiplied by the mean b=0
-      interpolated (cubic) to the output grid;
-    * otherwise it is divided by its robust maximum inside the mask and multiplied back;
-    * the model sees the brain only (zeros outside, as in training); outside the mask
-      (linearly upsampled, >= 0.5) the output is the cubic interpolation of the volume.
+    * the volume is divided by its robust maximum inside the mask and set to 0 outside it (the
+      model trained on brains with zeros around them); the output is multiplied back;
+    * the result is the cubic interpolation of the whole volume plus the model's correction to
+      the cubic interpolation of what it saw, inside the mask (linearly upsampled, >= 0.5);
+      outside, the cubic interpolation alone.
+
+    Why each volume as it is, not divided by the mean b=0 as the training attenuations were: the
+    model learnt to undo a degradation of an image, and an LR volume is such an image, while the
+    ratio of two LR volumes is not; dividing at LR and multiplying by the interpolated b=0
+    cost 0.9-2.2 dB against plain cubic interpolation of the signal on both test series before
+    the model could gain anything (benchmarks/dmri_series_upscale.py, docs/BENCHMARKS.md). Why the
+    correction and not the model's output itself: the edge of the mask is a step to zero in
+    what the model sees, not in the signal, and its interpolation leaves the same trace in both.
 
     Args:
         target: ``(x, y, z, N)`` series or ``(x, y, z)`` volume on the LR grid.
@@ -289,12 +295,6 @@ class SeriesUpscaler3D:
         zero = b0_indices(bvals) if bvals is not None else np.zeros(0, dtype=int)
         signal = self.data[..., zero if zero.size else slice(None)].mean(axis=-1)
         self.mask = brain_mask(signal, mask_method)
-        self.mean_b0 = self.b0_hr = None
-        if zero.size:
-            # As normalise_by_b0: a b=0 near zero would only amplify noise.
-            self.mask &= signal > MIN_B0_FRACTION * robust_max(signal)
-            self.mean_b0 = signal
-            self.b0_hr = np.clip(spline_resize(signal, self.out_shape, order=3), 0, None)
         self.mask_hr = spline_resize(self.mask.astype(np.float32), self.out_shape,
                                      order=1) >= 0.5
         self.t1 = None
@@ -316,8 +316,9 @@ class SeriesUpscaler3D:
                                  "brain_covered_fraction":
                                      float(placed.coverage[self.mask_hr].mean())}
         info["normalisation"] = {
-            "method": "mean_b0" if zero.size else "robust_max_per_volume",
-            "b0_volumes": int(zero.size), "brain_voxels": int(self.mask.sum()),
+            "method": "robust_max_per_volume", "mask_from": "mean_b0" if zero.size else
+            "mean_volume", "b0_volumes": int(zero.size), "brain_voxels": int(self.mask.sum()),
+            "result": "cubic interpolation plus the model's correction inside the brain",
             "outside_brain": "cubic interpolation"}
         self.info = {**grid_info(desc, target.spatial_shape, target.affine, self.out_shape,
                                  self.out_affine), **info, "encoder_tile": tile}
@@ -325,16 +326,12 @@ class SeriesUpscaler3D:
         self.units_per_volume = self.out_shape[0]
 
     def normalised(self, index: int) -> tuple[np.ndarray, float]:
-        """Volume ``index`` as the model's input: float32 ``(x, y, z)`` attenuations, and the
-        factor to multiply the output by (1 with the mean b=0, which is applied per voxel)."""
+        """Volume ``index`` as the model's input: float32 ``(x, y, z)`` divided by its robust
+        maximum inside the mask (0 outside), and that maximum (the factor to multiply back)."""
         vol = self.data[..., index]
+        factor = robust_max(vol[self.mask]) if self.mask.any() else 1.0
         x = np.zeros(vol.shape, np.float32)
-        if self.mean_b0 is not None:
-            x[self.mask] = vol[self.mask] / self.mean_b0[self.mask]
-            factor = 1.0
-        else:
-            factor = robust_max(vol[self.mask])
-            x[self.mask] = vol[self.mask] / factor
+        x[self.mask] = vol[self.mask] / factor
         np.clip(x, 0.0, MAX_ATTENUATION, out=x)
         return x, factor
 
@@ -346,11 +343,12 @@ class SeriesUpscaler3D:
         t0 = time.perf_counter()
         x, factor = self.normalised(index)
         result = self.upscaler(x, self.out_shape, self.t1, out, progress)
-        np.maximum(result, 0.0, out=result)  # an attenuation is never negative
-        result *= self.b0_hr if self.b0_hr is not None else np.float32(factor)
+        result -= spline_resize(x, self.out_shape, order=3)
+        result *= np.float32(factor)
+        cubic = spline_resize(self.data[..., index].astype(np.float32), self.out_shape, order=3)
+        result += cubic
         outside = ~self.mask_hr
-        if outside.any():
-            cubic = spline_resize(self.data[..., index], self.out_shape, order=3)
-            result[outside] = np.clip(cubic[outside], 0.0, None)
+        result[outside] = cubic[outside]
+        np.maximum(result, 0.0, out=result)  # magnitude images are never negative
         info = {**self.info, "seconds": round(time.perf_counter() - t0, 3)}
         return UpscaleResult(data=result, affine=self.out_affine, info=info)
