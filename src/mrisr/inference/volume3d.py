@@ -262,9 +262,9 @@ class SeriesUpscaler3D:
 
     Why each volume as it is, not divided by the mean b=0 as the training attenuations were: the
     model learnt to undo a degradation of an image, and an LR volume is such an image, while the
-    ratio of two LR volumes is not; dividing at LR and multiplying by the interpolated b=0
-    cost 0.9-2.2 dB against plain cubic interpolation of the signal on both test series before
-    the model could gain anything (benchmarks/dmri_series_upscale.py, docs/BENCHMARKS.md). Why the
+    ratio of two LR volumes is not; dividing at LR and multiplying by the interpolated b=0 left
+    every trained model below plain cubic interpolation of the signal, at every scale, on both
+    test series (benchmarks/dmri_series_upscale.py, docs/BENCHMARKS.md). Why the
     correction and not the model's output itself: the edge of the mask is a step to zero in
     what the model sees, not in the signal, and its interpolation leaves the same trace in both.
 
