@@ -11,6 +11,7 @@ from mrisr.config import from_dict
 from mrisr.data.dwi import (attenuation_level, b0_indices, brain_mask, denormalise,
                             load_dwi_subject, normalise_by_b0, phantom_dwi_subject,
                             place_t1_on_dwi_grid, scale_t1, select_shell, simulate_shells)
+from mrisr.data.intensity import robust_max
 from mrisr.data.phantom import make_brain_phantom, make_dwi_phantom
 from mrisr.degradation import degrade, spline_resize
 from mrisr.errors import ConfigError, InputError
@@ -491,6 +492,27 @@ def test_augment_reorients_every_array_of_a_sample_alike():
                                            b[key][i, 0].numpy(), atol=1e-5)
             seen.add(match[0] if len(match) == 1 else None)
     assert len(seen - {None}) > 3
+
+
+def test_signal_domain_patches_are_the_signal_scaled_per_volume():
+    attenuation, _ = tiny_task(loss_region="brain")
+    signal, _ = tiny_task(loss_region="brain", domain="signal")
+    a, s = attenuation.subjects[0], signal.subjects[0]
+    region = signal.regions[0]
+    brain = a.mask[region]
+    for v in range(a.shell.shape[3]):
+        # Per volume: the attenuation times the mean b=0, up to the volume's own factor, which
+        # brings its robust maximum over the training brain to 1.
+        product = (a.shell[..., v] * a.mean_b0)[region][brain]
+        factor = product.max() / s.shell[..., v][region][brain].max()
+        np.testing.assert_allclose(s.shell[..., v][region][brain] * factor, product, rtol=1e-5)
+        assert robust_max(s.shell[..., v][region][brain]) == pytest.approx(1.0, rel=1e-5)
+    # The same plan cuts the same patches; the LR patch is the degraded signal patch.
+    pa, ps = attenuation.batch(0), signal.batch(0)
+    assert pa["hr"].shape == ps["hr"].shape and not torch.allclose(pa["hr"], ps["hr"])
+    assert torch.equal(pa["brain"], ps["brain"])
+    with pytest.raises(ConfigError, match="dmri.domain"):
+        dmri_config(domain="b0")
 
 
 def test_per_axis_scales_and_random_queries():

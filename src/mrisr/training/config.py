@@ -146,6 +146,9 @@ class DmriDataConfig(DwiSourceConfig):
         aligned), so that the model has to tell from the data how far to trust the T1w.
     augment: flip each axis and permute the axes of each sample at random (the same for its
         DWI, mask and T1w patches): one subject's anatomy in 48 orientations.
+    domain: what the patches hold: ``attenuation`` (the shell divided by the mean b=0, as the
+        paper) or ``signal`` (the shell times the mean b=0, each volume divided by its robust
+        maximum in the training region: what ``mrisr upscale`` gives a model from a series).
     simulate_bvalues, simulate_per_bvalue: add to each training subject ``simulate_per_bvalue``
         volumes per b-value simulated from its tensor fit and noise
         (:func:`~mrisr.data.dwi.simulate_shells`), so one measured shell teaches others.
@@ -163,9 +166,13 @@ class DmriDataConfig(DwiSourceConfig):
     t1_shift: int = 0
     t1_shift_fraction: float = 1.0
     augment: bool = False
+    domain: str = "attenuation"
 
     def validate(self, source: str) -> None:
         super().validate(source)
+        if self.domain not in ("attenuation", "signal"):
+            raise ConfigError(f"{source}: dmri.domain must be attenuation or signal, got "
+                              f"'{self.domain}'")
         if self.loss_region not in ("patch", "brain"):
             raise ConfigError(f"{source}: dmri.loss_region must be patch or brain, got "
                               f"'{self.loss_region}'")

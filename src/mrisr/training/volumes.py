@@ -14,6 +14,8 @@ many voxels away from the DWI patch (misregistration) in a ``dmri.t1_shift_fract
 samples. With ``dmri.augment`` every sample is randomly flipped and its axes permuted. With
 ``dmri.simulate_bvalues`` each subject also has volumes of other shells simulated
 from its tensor fit (:func:`~mrisr.data.dwi.simulate_shells`), drawn like the measured ones.
+With ``dmri.domain: signal`` the patches are cut from the signal instead of the attenuations
+(:func:`as_signal`), so that the LR patch is a degraded signal, as a user's LR series is.
 The queries are the HR voxels (all of them by default, so the 3D frequency loss sees the whole
 patch). Rank ``r`` of ``w`` builds samples ``r::w``.
 
@@ -22,12 +24,14 @@ Each subject's volume is split into a training region and a held-out slab at the
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Optional
 
 import numpy as np
 import torch
 
 from mrisr.data.dwi import DwiSubject, attenuation_level, simulate_shells
+from mrisr.data.intensity import robust_max
 from mrisr.degradation import spline_resize
 from mrisr.errors import InputError
 from mrisr.models.csr_dmri import PointQuery, grid_point_query
@@ -67,6 +71,18 @@ def load_dwi_subjects(d: DwiSourceConfig, use_t1: bool = True) -> list[DwiSubjec
         subjects.append(load_dwi_subject(files.dwi, files.t1 if use_t1 else None, d.bvalue,
                                          d.tolerance, d.register, files.bval, files.bvec))
     return subjects
+
+
+def as_signal(subject: DwiSubject, region: tuple[slice, ...]) -> DwiSubject:
+    """``subject`` with its shell as signal (attenuation times the mean b=0), each volume
+    divided by its robust maximum over the brain voxels of ``region``: the input that
+    :class:`~mrisr.inference.volume3d.SeriesUpscaler3D` gives a model (``dmri.domain: signal``).
+    """
+    shell = subject.shell * subject.mean_b0[..., None].astype(np.float32)
+    brain = subject.mask[region]
+    for v in range(shell.shape[3]):
+        shell[..., v] /= np.float32(robust_max(shell[region + (v,)][brain]))
+    return dataclasses.replace(subject, shell=shell.astype(np.float32))
 
 
 class VolumePatchTask:
@@ -114,6 +130,9 @@ class VolumePatchTask:
                 raise InputError(f"subject {s.name}: no brain voxel in the training region")
             self.regions.append(train)
             self.centres.append(centres)
+        if self.d.domain == "signal":
+            self.subjects = subjects = [as_signal(s, region)
+                                        for s, region in zip(subjects, self.regions)]
         # Per subject, the level of every shell volume, from the training region only.
         self.levels = [np.array([attenuation_level(s.shell[region + (v,)])
                                  for v in range(s.shell.shape[3])], dtype=np.float32)
@@ -127,7 +146,7 @@ class VolumePatchTask:
                 "volumes": [int(s.shell.shape[3]) for s in self.subjects],
                 "bvalue": self.d.bvalue, "level_norm": self.level_norm,
                 "t1_gamma": list(self.d.t1_gamma) if self.d.t1_gamma else None,
-                "augment": self.d.augment, "t1_shift": self.d.t1_shift,
+                "augment": self.d.augment, "domain": self.d.domain, "t1_shift": self.d.t1_shift,
                 "t1_shift_fraction": self.d.t1_shift_fraction,
                 "simulated": {"bvalues": list(self.d.simulate_bvalues),
                               "per_bvalue": self.d.simulate_per_bvalue}
