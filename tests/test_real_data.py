@@ -60,7 +60,7 @@ def test_ixi_reference_on_another_grid_is_placed_through_the_affines():
 def test_shipped_dmri_default_beats_interpolation_on_the_held_out_slab(tmp_path):
     """`mrisr upscale` of a real series degraded x2, with its T1w and the shipped default: the
     b=1000 volumes of the slab no training patch touched come out closer to the acquired ones
-    than cubic interpolation brings them (docs/BENCHMARKS.md: +0.75 dB on four volumes)."""
+    than cubic interpolation brings them (docs/BENCHMARKS.md: +0.48 dB on four volumes)."""
     root = shared_dataset("dwi-philips-3t")
     stem = root / "2201_WIP_DTI_S2MB2"
     series = load_nifti(f"{stem}.nii.gz", ndim=(4,))
