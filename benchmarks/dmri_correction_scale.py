@@ -29,16 +29,13 @@ from mrisr.grid import effective_scale
 from mrisr.inference.volume3d import VolumeModelMethod
 from mrisr.training.volumes import split_slab
 
-SERIES = {
-    "siemens": ("dwi-siemens-3t", "10_DWI_dir80_PA.nii.gz", "5_anat-T1w_acq-tfl.nii.gz", 2500),
-    "philips": ("dwi-philips-3t", "2201_WIP_DTI_S2MB2.nii.gz",
-                "1301_WIP_ADNI_Sag3D_MPRAGE.nii.gz", 1000),
-}
+from dmri_domain_stats import SUBJECTS  # the two series' file names (benchmarks/ is on the path)
 
 
 def load_region(name: str):
     """``(hr (X, Y, Z, N), mask, t1)`` of a region (see the module docstring)."""
-    folder, dwi, t1, bvalue = SERIES["siemens" if name == "siemens" else "philips"]
+    folder = "dwi-siemens-3t" if name == "siemens" else "dwi-philips-3t"
+    dwi, t1, bvalue = SUBJECTS[folder]
     root = os.path.join(data_root(), folder)
     s = load_dwi_subject(os.path.join(root, dwi), os.path.join(root, t1), bvalue,
                          register=True)

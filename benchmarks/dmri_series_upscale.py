@@ -8,7 +8,7 @@ each volume of the HR series (b=0 volumes too) is degraded by cubic B-spline dow
 series goes through the upscale path (mask, normalisation, T1w placement and registration as
 ``mrisr upscale`` does them) and the output is compared with the HR signal.
 
-    python benchmarks/dmri_series_upscale.py runs/gpu/m1/final.pt csr_dmri_s_own \\
+    python benchmarks/dmri_series_upscale.py runs/gpu/m1/final.pt csr_dmri_s \\
         --region siemens --scales 2 3 4 2.4 --volumes 4
 
 Regions: ``siemens`` (dwi-siemens-3t, b=2500 volumes scored, whole volume), ``philips-slab``
@@ -36,17 +36,15 @@ from mrisr.io.dwi import read_bval_bvec
 from mrisr.io.nifti import Volume
 from mrisr.training.volumes import split_slab
 
-SERIES = {
-    "siemens": ("dwi-siemens-3t", "10_DWI_dir80_PA", "5_anat-T1w_acq-tfl.nii.gz", 2500),
-    "philips-slab": ("dwi-philips-3t", "2201_WIP_DTI_S2MB2",
-                     "1301_WIP_ADNI_Sag3D_MPRAGE.nii.gz", 1000),
-}
+from dmri_domain_stats import SUBJECTS  # the two series' file names (benchmarks/ is on the path)
+
+REGIONS = {"siemens": "dwi-siemens-3t", "philips-slab": "dwi-philips-3t"}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="+", help="checkpoint paths or shipped presets")
-    parser.add_argument("--region", choices=sorted(SERIES), default="siemens")
+    parser.add_argument("--region", choices=sorted(REGIONS), default="siemens")
     parser.add_argument("--scales", type=float, nargs="+", default=[2.0, 3.0, 4.0, 2.4])
     parser.add_argument("--volumes", type=int, default=4,
                         help="diffusion-weighted volumes of the shell scored (evenly spaced)")
@@ -54,11 +52,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    folder, stem, t1_name, bvalue = SERIES[args.region]
+    folder = REGIONS[args.region]
+    dwi_name, t1_name, bvalue = SUBJECTS[folder]
     root = os.path.join(data_root(), folder)
-    series = load_nifti(os.path.join(root, stem + ".nii.gz"), ndim=(4,))
-    bvals, _ = read_bval_bvec(os.path.join(root, stem + ".bval"),
-                              os.path.join(root, stem + ".bvec"), series.data.shape[3])
+    stem = os.path.join(root, dwi_name[:-len(".nii.gz")])
+    series = load_nifti(stem + ".nii.gz", ndim=(4,))
+    bvals, _ = read_bval_bvec(stem + ".bval", stem + ".bvec", series.data.shape[3])
     t1 = load_nifti(os.path.join(root, t1_name))
     hr = np.asarray(series.data, dtype=np.float32)
     shell = select_shell(bvals, bvalue, 100)

@@ -82,7 +82,7 @@ def as_signal(subject: DwiSubject, region: tuple[slice, ...]) -> DwiSubject:
     brain = subject.mask[region]
     for v in range(shell.shape[3]):
         shell[..., v] /= np.float32(robust_max(shell[region + (v,)][brain]))
-    return dataclasses.replace(subject, shell=shell.astype(np.float32))
+    return dataclasses.replace(subject, shell=shell)
 
 
 class VolumePatchTask:
