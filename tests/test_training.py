@@ -17,7 +17,7 @@ from mrisr.models.query import sample_grid
 from mrisr.training import load_train_config, train
 from mrisr.training.config import TrainConfig
 from mrisr.training.losses import frequency_loss, sr_loss
-from mrisr.training.slices import SlicePairs, SlicePatchTask
+from mrisr.training.slices import SlicePatchTask, SliceVolumes
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = {"name": "dualarbnet", "args": {"G0": 8, "D": 1, "C": 2, "G": 8,
@@ -67,7 +67,7 @@ def test_frequency_loss_masks_select_the_right_frequencies():
 
 def test_batches_are_deterministic_aligned_and_scales_independent(tmp_path):
     cfg = tiny_config(tmp_path, steps=(2, 40))
-    task = SlicePatchTask(cfg, SlicePairs.load(cfg.data))
+    task = SlicePatchTask(cfg, SliceVolumes.load(cfg.data))
     a, b = task.batch(5), task.batch(5)
     for key in ("lr", "hr", "ref", "target_pos_0", "ref_pos_1"):
         torch.testing.assert_close(a[key], b[key])

@@ -56,19 +56,32 @@ def spline_downsample(image: np.ndarray, scale: ScaleLike, n_spatial: int, order
     return spline_resize(image, downscaled_shape(shape, scale), order=order, antialias=antialias)
 
 
-def thick_slice(image: np.ndarray, scale: float, axis: int, profile: str = "box",
-                thickness: float = 1.0) -> np.ndarray:
-    """Simulate a thick-slice 2D acquisition along ``axis``.
+def gaussian_downsample(image: np.ndarray, scale: ScaleLike, n_spatial: int,
+                        fwhm: float = 1.0) -> np.ndarray:
+    """An image-domain acquisition model: a Gaussian point-spread function of full width at
+    half maximum ``fwhm * s`` input voxels along each axis shrunk by ``s``, sampled at the
+    centres of the smaller pixel-centre grid (linear interpolation of the blurred image)."""
+    arr = np.asarray(image, dtype=np.float32)
+    scales = as_scales(scale, n_spatial)
+    lead = arr.ndim - n_spatial
+    sigma = [0.0] * lead + [fwhm * s / (2 * np.sqrt(2 * np.log(2))) if s > 1 else 0.0
+                            for s in scales]
+    blurred = ndimage.gaussian_filter(arr, sigma, mode="reflect")
+    return spline_resize(blurred, downscaled_shape(arr.shape[lead:], scales), order=1)
 
-    The output has ``round(N / scale)`` slices spaced ``f = N / N'`` input voxels apart; each is
-    the input weighted by a slice profile centred on the slice position: ``box`` of full width
-    ``thickness * f`` voxels (``thickness`` > 1 means overlapping slices, < 1 a slice gap), or
-    ``gaussian`` with that full width at half maximum. Other axes are untouched.
+
+def slice_profile_weights(n: int, scale: float, profile: str = "box",
+                          thickness: float = 1.0) -> np.ndarray:
+    """Weight matrix ``W`` of a thick-slice acquisition of ``n`` thin voxels along one axis.
+
+    Returns ``W`` of shape ``(m, n)``, float64, ``m = round(n / scale)``: output slice ``j`` is
+    ``sum_i W[j, i] * x[i]``, each row sums to 1. The slices are spaced ``f = n / m`` input
+    voxels apart (the FOV-preserving grid of :mod:`mrisr.grid`) and each weighs the whole extent
+    of every input voxel with its slice profile centred on the slice position: ``box`` of full
+    width ``thickness * f`` voxels (``thickness`` > 1: overlapping slices, < 1: a slice gap), or
+    ``gaussian`` with that full width at half maximum.
     """
-    arr = np.asarray(image)
-    axis = axis % arr.ndim
     (s,) = as_scales(scale, 1)
-    n = arr.shape[axis]
     m = max(1, int(round(n / s)))
     f = n / m
     width = thickness * f
@@ -76,7 +89,6 @@ def thick_slice(image: np.ndarray, scale: float, axis: int, profile: str = "box"
         raise InputError(f"slice thickness must be positive, got {thickness}")
     if profile not in ("box", "gaussian"):
         raise InputError(f"unknown slice profile '{profile}' (known: box, gaussian)")
-    # Weights of every input voxel (its whole extent, not only its centre) for each output slice.
     centres = (np.arange(m) + 0.5) * f  # in input-voxel units, edges at 0..n
     lo = np.arange(n)[None, :]
     hi = lo + 1.0
@@ -90,6 +102,22 @@ def thick_slice(image: np.ndarray, scale: float, axis: int, profile: str = "box"
         cdf = lambda x: 0.5 * (1 + erf((x - centres[:, None]) / (np.sqrt(2) * sigma)))  # noqa: E731
         weights = cdf(hi) - cdf(lo)
     weights /= weights.sum(axis=1, keepdims=True)
+    return weights
+
+
+def thick_slice(image: np.ndarray, scale: float, axis: int, profile: str = "box",
+                thickness: float = 1.0) -> np.ndarray:
+    """Simulate a thick-slice 2D acquisition along ``axis``.
+
+    The output has ``round(N / scale)`` slices spaced ``f = N / N'`` input voxels apart; each is
+    the input weighted by a slice profile centred on the slice position: ``box`` of full width
+    ``thickness * f`` voxels (``thickness`` > 1 means overlapping slices, < 1 a slice gap), or
+    ``gaussian`` with that full width at half maximum (:func:`slice_profile_weights`). Other
+    axes are untouched.
+    """
+    arr = np.asarray(image)
+    axis = axis % arr.ndim
+    weights = slice_profile_weights(arr.shape[axis], scale, profile, thickness)
     moved = np.moveaxis(arr, axis, -1)
     out = moved @ weights.T.astype(moved.dtype if moved.dtype.kind in "fc" else np.float64)
     return np.moveaxis(out, -1, axis).astype(arr.dtype if arr.dtype.kind in "fc" else np.float32)

@@ -26,7 +26,7 @@ Either way a pad followed by a crop (same alignment) is the identity.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
@@ -94,15 +94,58 @@ def _grid_alignment_phase(k: torch.Tensor, in_shape: Sequence[int],
     return k
 
 
-def kspace_resize(image: ArrayLike, out_shape: Sequence[int], align: str = "grid") -> ArrayLike:
+KSPACE_WINDOWS = ("hamming", "tukey")
+
+
+def _window_1d(kind: str, m: int, device) -> torch.Tensor:
+    """A symmetric apodisation window over ``m`` kept samples (peak 1 at the centre)."""
+    t = (torch.arange(m, dtype=torch.float64, device=device) + 0.5) / m  # (0, 1)
+    if kind == "hamming":
+        return 0.54 - 0.46 * torch.cos(2 * np.pi * t)
+    if kind == "tukey":  # flat centre, cosine tapers over the outer quarter on each side
+        taper = 0.25
+        edge = torch.minimum(t, 1 - t) / taper
+        return torch.where(edge >= 1, torch.ones_like(t), 0.5 * (1 - torch.cos(np.pi * edge)))
+    raise ValueError(f"unknown k-space window {kind!r} (known: {', '.join(KSPACE_WINDOWS)})")
+
+
+def _acquisition_weights(k: torch.Tensor, n_spatial: int, window: Optional[str],
+                         partial_fourier: float) -> torch.Tensor:
+    """Apodise the kept block (``window``) and zero the unacquired share of the last axis
+    (``partial_fourier`` < 1: that fraction of the samples is kept, the missing ones at the
+    start of the axis; reconstructed by zero filling)."""
+    for axis in _spatial_dims(k.ndim, n_spatial):
+        m = k.shape[axis]
+        shape = [1] * k.ndim
+        shape[axis] = m
+        if window is not None:
+            k = k * _window_1d(window, m, k.device).to(k.dtype).reshape(shape)
+    if partial_fourier < 1.0:
+        axis = k.ndim - 1
+        m = k.shape[axis]
+        missing = int(round((1.0 - partial_fourier) * m))
+        if missing:
+            keep = torch.ones(m, dtype=k.real.dtype, device=k.device)
+            keep[:missing] = 0
+            k = k * keep.reshape([1] * (k.ndim - 1) + [m]).to(k.dtype)
+    return k
+
+
+def kspace_resize(image: ArrayLike, out_shape: Sequence[int], align: str = "grid",
+                  window: Optional[str] = None, partial_fourier: float = 1.0) -> ArrayLike:
     """Resample the last ``len(out_shape)`` axes of ``image`` to ``out_shape`` in k-space.
 
     ``image`` may be real or complex (numpy or torch, any leading batch/channel axes). The
     result is always complex (complex64 for single-precision input) and of the same array type.
-    ``align``: ``"grid"`` or ``"centre"``, see the module docstring.
+    ``align``: ``"grid"`` or ``"centre"``, see the module docstring. ``window``
+    (``hamming``/``tukey``) apodises the samples kept and ``partial_fourier`` (0.5 .. 1) keeps
+    only that share of the last axis's samples (zero-filled), as scanners often acquire; both
+    act on the output's spectrum (after cropping or padding).
     """
     if align not in ("grid", "centre"):
         raise ValueError(f"align must be 'grid' or 'centre', got {align!r}")
+    if not 0.5 <= partial_fourier <= 1.0:
+        raise ValueError(f"partial_fourier must be in [0.5, 1], got {partial_fourier}")
     x, was_numpy = _as_tensor(image)
     n_spatial = len(out_shape)
     in_shape = tuple(x.shape[-n_spatial:])
@@ -112,19 +155,23 @@ def kspace_resize(image: ArrayLike, out_shape: Sequence[int], align: str = "grid
     if align == "grid":
         k = _grid_alignment_phase(k, in_shape, out_shape)
     k = _crop_or_pad_centre(k, out_shape)
+    if window is not None or partial_fourier < 1.0:
+        k = _acquisition_weights(k, n_spatial, window, partial_fourier)
     out = centered_ifft(k, n_spatial) * float(np.sqrt(np.prod(out_shape) / np.prod(in_shape)))
     return out.numpy() if was_numpy else out
 
 
 def kspace_downsample(image: ArrayLike, scale: ScaleLike, n_spatial: int = 2,
-                      align: str = "grid") -> ArrayLike:
+                      align: str = "grid", window: Optional[str] = None,
+                      partial_fourier: float = 1.0) -> ArrayLike:
     """The Dual-ArbNet degradation: keep the central ``round(N / s)`` k-space samples per axis.
 
     ``scale`` is a number or one value per spatial axis, any real value >= 1 (1 leaves the
     axis alone). Returns the complex low-resolution image on its smaller grid.
     """
     shape = tuple(image.shape[-n_spatial:])
-    return kspace_resize(image, downscaled_shape(shape, scale), align=align)
+    return kspace_resize(image, downscaled_shape(shape, scale), align=align, window=window,
+                         partial_fourier=partial_fourier)
 
 
 def kspace_lowpass_mask(hr_shape: Sequence[int], lr_shape: Sequence[int],

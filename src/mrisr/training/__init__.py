@@ -34,18 +34,40 @@ def build_task(cfg: TrainConfig, model):
         return VolumePatchTask(cfg, load_dwi_subjects(cfg.dmri, use_t1), use_t1,
                                getattr(model, "t1_mode", None),
                                bool(getattr(model, "level_norm", False)))
-    from mrisr.training.slices import SlicePairs, SlicePatchTask
+    from mrisr.training.slices import SliceVolumes, SlicePatchTask
     needs_ref = bool(getattr(model, "use_reference", False))
-    pairs = SlicePairs.load(cfg.data, need_reference=needs_ref)
-    return SlicePatchTask(cfg, pairs, needs_reference=needs_ref)
+    volumes = SliceVolumes.load(cfg.data, need_reference=needs_ref)
+    return SlicePatchTask(cfg, volumes, needs_reference=needs_ref)
 
 
-def train(cfg: TrainConfig, resume: Optional[str] = None,
-          show_progress: bool = True) -> Optional[Path]:
+#: What makes a folder hold a run: ``mrisr train`` does not start over in it silently.
+RUN_FILES = ("last.pt", "final.pt", "log.csv")
+
+
+def check_run_folder(output: str | os.PathLike, resume: Optional[str] = None,
+                     overwrite: bool = False) -> None:
+    """Refuse an output that is a file, and a folder that holds a run (``RUN_FILES``) unless
+    the run is resumed (``resume``) or replaced (``overwrite``)."""
+    out = Path(output)
+    if resume and overwrite:
+        raise ConfigError(f"{out}: --resume and --overwrite exclude each other")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder (the run folder, 'output')")
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if held and not (resume or overwrite):
+        raise ConfigError(f"{out}: holds a run ({', '.join(held)}); continue it with --resume "
+                          "auto or start over with --overwrite")
+
+
+def train(cfg: TrainConfig, resume: Optional[str] = None, show_progress: bool = True,
+          overwrite: bool = False) -> Optional[Path]:
     """Train the model of ``cfg``; ``resume``: a ``last.pt`` path, or ``"auto"`` to continue
-    from ``<output>/last.pt`` when it exists. Returns the ``final.pt`` path (rank 0)."""
+    from ``<output>/last.pt`` when it exists (else start over). A folder that holds a run is
+    refused unless it is resumed or ``overwrite`` (which deletes its log and checkpoints).
+    Returns the ``final.pt`` path (rank 0)."""
     from mrisr.models.registry import create_model
 
+    check_run_folder(cfg.output, resume, overwrite)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     info = init_distributed(select_device(cfg.run.device))
@@ -67,6 +89,12 @@ def train(cfg: TrainConfig, resume: Optional[str] = None,
             if not Path(resume).exists():
                 raise InputError(f"{resume}: checkpoint to resume from not found")
             trainer.resume(resume)
+        else:
+            if overwrite and info.is_main:
+                for name in (*RUN_FILES, "validation.csv"):
+                    (Path(cfg.output) / name).unlink(missing_ok=True)
+            # A run killed before its first checkpoint: its log rows are dropped.
+            trainer._truncate_log()
         return trainer.fit(show_progress=show_progress)
     finally:
         shutdown(info)

@@ -55,6 +55,150 @@ class Phase:
 
 
 @dataclass
+class SourceSpec:
+    """One source of 2D training slices in ``data.sources`` (several sources: one model that
+    has seen several sites, contrasts and fields of view).
+
+    kind: ``brats`` (folder ``root`` of patients with ``<patient>_<contrast>.nii.gz``, split by
+        patient as :class:`~mrisr.data.datasets.DatasetSpec`: the last ``n_test`` are ``test``),
+        ``manifest`` (the subjects of ``manifest`` in ``split``; the first reference is
+        resampled onto the target's grid through the affines) or ``images`` (single volumes in
+        ``files``, e.g. whole heads with skull; each is paired with synthetic second contrasts).
+    contrasts: for ``brats``, the contrasts loaded. pairs: ordered ``[target, reference]``
+        pairs drawn from them; empty: every ordered pair.
+    slice_axes: the axes along which slices are taken (all three: in-plane and through-plane
+        views, which thick-slice training needs).
+    synthetic: probability that a sample's reference is replaced by a random remapping of its
+        target or reference (:mod:`mrisr.data.synthetic`); ``images`` sources always use one,
+        and their target is remapped too with this probability.
+    weight: the source's share of the samples (relative to the other sources); within a source,
+        every valid slice is equally likely.
+    head_threshold: for volumes without a mask, the foreground is where the image exceeds this
+        fraction of its robust maximum.
+    """
+
+    name: str = "brats"
+    kind: str = "brats"
+    root: str = "${MRISR_DATA}/brats18-tcia"
+    manifest: Optional[str] = None
+    files: list[str] = field(default_factory=list)
+    contrasts: list[str] = field(default_factory=lambda: ["t1", "t1ce", "t2", "flair"])
+    pairs: list[list[str]] = field(default_factory=list)
+    split: str = "train"
+    n_test: int = 2
+    slice_axes: list[int] = field(default_factory=lambda: [2])
+    synthetic: float = 0.0
+    weight: float = 1.0
+    head_threshold: float = 0.05
+
+    def validate(self, source: str) -> None:
+        where = f"{source}: data.sources '{self.name}'"
+        if self.kind not in ("brats", "manifest", "images"):
+            raise ConfigError(f"{where}: kind must be brats, manifest or images, got "
+                              f"'{self.kind}'")
+        if self.kind == "manifest" and not self.manifest:
+            raise ConfigError(f"{where}: manifest is required for kind 'manifest'")
+        if self.kind == "images" and not self.files:
+            raise ConfigError(f"{where}: files is required for kind 'images'")
+        if any(len(p) != 2 or p[0] == p[1] or not set(p) <= set(self.contrasts)
+               for p in self.pairs):
+            raise ConfigError(f"{where}: pairs must be [target, reference] of two different "
+                              "contrasts listed in contrasts")
+        if not self.slice_axes or any(a not in (0, 1, 2) for a in self.slice_axes):
+            raise ConfigError(f"{where}: slice_axes must list axes 0, 1 or 2")
+        if not 0.0 <= self.synthetic <= 1.0 or self.weight <= 0:
+            raise ConfigError(f"{where}: synthetic must be in [0, 1] and weight positive")
+
+
+@dataclass
+class RandomiseConfig:
+    """Domain randomisation of each training sample (``data.randomise``), applied to the
+    high-resolution images before the acquisition is simulated (:mod:`mrisr.data.randomise`).
+    Every field has the value recommended for a model meant for other sites' scans; a
+    probability of 0 switches that part off.
+
+    bias: largest log-amplitude of a smooth multiplicative bias field (independent for target
+        and reference). noise_snr: ``[min, max]`` signal-to-noise ratio (robust maximum over
+        noise sigma, log-uniform), Rician with probability ``rician``, else Gaussian.
+    gamma: ``[min, max]`` of a random power (log-uniform), independent for both images.
+    rotation: largest in-plane rotation in degrees (both images together).
+    reference_shift: largest misregistration of the reference, in its own voxels per axis.
+    background_patches: share of patches centred anywhere in the slice (the others on the
+        foreground), so that noise and background are seen as well as anatomy.
+    """
+
+    bias: float = 0.3
+    bias_probability: float = 0.5
+    noise_snr: list[float] = field(default_factory=lambda: [12.0, 100.0])
+    noise_probability: float = 0.6
+    rician: float = 0.7
+    gamma: list[float] = field(default_factory=lambda: [0.7, 1.4])
+    gamma_probability: float = 0.5
+    rotation: float = 10.0
+    rotation_probability: float = 0.3
+    reference_shift: float = 1.0
+    reference_shift_probability: float = 0.5
+    background_patches: float = 0.1
+
+    def validate(self, source: str) -> None:
+        probs = (self.bias_probability, self.noise_probability, self.rician,
+                 self.gamma_probability, self.rotation_probability,
+                 self.reference_shift_probability, self.background_patches)
+        if any(not 0.0 <= p <= 1.0 for p in probs):
+            raise ConfigError(f"{source}: data.randomise probabilities must be in [0, 1]")
+        for name in ("noise_snr", "gamma"):
+            lo_hi = getattr(self, name)
+            if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
+                raise ConfigError(f"{source}: data.randomise.{name} must be [min, max] with "
+                                  "0 < min <= max")
+        if self.bias < 0 or self.rotation < 0 or self.reference_shift < 0:
+            raise ConfigError(f"{source}: data.randomise bias, rotation and reference_shift "
+                              "must be >= 0")
+
+
+@dataclass
+class DegradationMix:
+    """Random acquisitions (``data.degradations``), drawn once per batch.
+
+    kinds: probabilities of the in-plane degradations of the target (names of
+        :data:`mrisr.degradation.DEGRADATIONS`), at the phase's isotropic scale.
+    thick_slice: share of batches degraded along one axis only, as thick slices, with a factor
+        from ``thick_scale_range`` and a slice profile from ``thick_profiles`` (probabilities of
+        ``box`` and ``gaussian``) of width ``thickness_range`` times the slice spacing.
+    reference_kinds: probabilities of the degradations of a reference below full resolution.
+    """
+
+    kinds: dict = field(default_factory=lambda: {
+        "kspace": 0.4, "kspace_hamming": 0.1, "kspace_tukey": 0.1, "kspace_partial": 0.1,
+        "gaussian": 0.3})
+    thick_slice: float = 0.3
+    thick_scale_range: list[float] = field(default_factory=lambda: [2.0, 6.0])
+    thick_profiles: dict = field(default_factory=lambda: {"box": 0.6, "gaussian": 0.4})
+    thickness_range: list[float] = field(default_factory=lambda: [0.8, 1.2])
+    reference_kinds: dict = field(default_factory=lambda: {"kspace": 0.7, "gaussian": 0.3})
+
+    def validate(self, source: str) -> None:
+        from mrisr.degradation import DEGRADATIONS
+        for name, table in (("kinds", self.kinds), ("reference_kinds", self.reference_kinds)):
+            unknown = set(table) - set(DEGRADATIONS) | {k for k in table if "thick" in k}
+            if unknown or not table or any(float(p) < 0 for p in table.values()) or \
+                    sum(float(p) for p in table.values()) <= 0:
+                raise ConfigError(f"{source}: data.degradations.{name} must give non-negative "
+                                  "probabilities of in-plane degradations "
+                                  f"({', '.join(k for k in DEGRADATIONS if 'thick' not in k)})")
+        if set(self.thick_profiles) - {"box", "gaussian"} or not self.thick_profiles:
+            raise ConfigError(f"{source}: data.degradations.thick_profiles: box and/or gaussian")
+        if not 0.0 <= self.thick_slice <= 1.0:
+            raise ConfigError(f"{source}: data.degradations.thick_slice must be in [0, 1]")
+        for name in ("thick_scale_range", "thickness_range"):
+            lo_hi = getattr(self, name)
+            if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1]:
+                raise ConfigError(f"{source}: data.degradations.{name} must be [min, max]")
+        if self.thick_scale_range[0] < 1:
+            raise ConfigError(f"{source}: data.degradations.thick_scale_range must be >= 1")
+
+
+@dataclass
 class DataConfig:
     """Training pairs: 2D slices of co-registered target/reference volumes.
 
@@ -70,8 +214,17 @@ class DataConfig:
     patch: int = 32
     reference_margin: int = 4
     augment: bool = True
+    sources: list[SourceSpec] = field(default_factory=list)
+    randomise: Optional[RandomiseConfig] = None
+    degradations: Optional[DegradationMix] = None
 
     def validate(self, source: str) -> None:
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{source}: data.sources need unique names")
+        if (self.randomise or self.degradations) and self.input != "magnitude":
+            raise ConfigError(f"{source}: data.randomise and data.degradations need "
+                              "input: magnitude")
         if self.input not in ("magnitude", "complex"):
             raise ConfigError(f"{source}: data.input must be magnitude or complex")
         if self.patch < 4:
