@@ -144,8 +144,12 @@ def load_yaml(path: str | os.PathLike, _seen: tuple = ()) -> dict:
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"{p}: config file not found")
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a folder, expected a YAML config file")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a YAML config (binary content, not UTF-8 text)") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: invalid YAML ({str(exc).splitlines()[0]})") from None
     if data is None:

@@ -15,3 +15,8 @@ class InputError(MrisrError, ValueError):
 
 class ConfigError(MrisrError, ValueError):
     """A configuration file or mapping has an unknown key or an invalid value."""
+
+
+class MrisrWarning(UserWarning):
+    """Something the user should know that does not stop the run (the CLI prints it as
+    ``mrisr: warning: <file>: <what>``)."""

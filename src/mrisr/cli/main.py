@@ -1,28 +1,182 @@
 """The ``mrisr`` command: a thin layer over the Python API.
 
-Every expected failure (bad file, bad key, bad value) is a :class:`mrisr.errors.MrisrError`; it
-is printed as one line ``mrisr: error: ...`` and the command exits with status 2.
+Every expected failure (bad file, bad key, bad value, an output that cannot be written) is a
+:class:`mrisr.errors.MrisrError`; it is printed as one line ``mrisr: error: ...`` and the command
+exits with status 2. SIGINT and SIGTERM remove the temporary files and exit with 130 and 143;
+a batch in which some inputs failed exits with 3 after a summary.
+
+Arguments, inputs' headers and outputs are checked before torch is imported (seconds on a cold
+start), so listings and early errors are immediate.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import math
+import os
+import signal
 import sys
+import threading
+import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 from mrisr import __version__
-from mrisr.errors import MrisrError
+from mrisr.errors import InputError, MrisrError, MrisrWarning
+
+#: Exit status of a batch that ran to its end with some inputs failed (the others written).
+EXIT_BATCH_FAILED = 3
 
 
-def _parse_scale(text: str) -> list[float]:
+def _numbers(count: tuple[int, ...] = (1, 3), integer: bool = False):
+    """argparse type: ``V`` or ``VX,VY,VZ`` (``count`` values), finite and > 0; the message
+    is prefixed with the option's name by :class:`_Parser`."""
+    def parse(text: str) -> list[float]:
+        try:
+            values = [float(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number or comma-separated numbers, "
+                                             f"got '{text}'") from None
+        if len(values) not in count:
+            raise argparse.ArgumentTypeError(
+                f"must be {' or '.join(str(c) for c in count)} comma-separated values, "
+                f"got '{text}'")
+        if any(not (math.isfinite(v) and v > 0) for v in values):
+            raise argparse.ArgumentTypeError(f"must be finite and > 0, got '{text}'")
+        if integer and any(v != int(v) for v in values):
+            raise argparse.ArgumentTypeError(f"must be whole numbers of voxels, got '{text}'")
+        return values
+    return parse
+
+
+_parse_scale = _numbers()
+
+
+def _positive_int(text: str) -> int:
     try:
-        values = [float(v) for v in text.split(",")]
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"scale must be a number or comma-separated numbers, "
-                                         f"got '{text}'") from None
-    if any(not v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"scale must be > 0, got '{text}'")
-    return values
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got '{text}'")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line in the format of every other failure:
+    ``mrisr: error: --scale: must be > 0, got '0'`` (exit status 2)."""
+
+    def error(self, message: str):
+        if message.startswith("argument "):
+            option, _, problem = message[len("argument "):].partition(": ")
+            message = f"{option.split('/')[-1]}: {problem}"
+        self.exit(2, f"mrisr: error: {message} (see '{self.prog} --help')\n")
+
+
+class Interrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM, raised where the program is, so that every ``finally`` and
+    ``except BaseException`` on the way out removes its temporary files."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+
+
+@contextlib.contextmanager
+def _signals_as_interrupts() -> Iterator[None]:
+    """SIGTERM (what job schedulers send at a time limit) handled like SIGINT; signals that
+    arrive during the clean-up are ignored (it is short)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    signals = (signal.SIGINT, signal.SIGTERM)
+
+    def handler(signum, frame):
+        for s in signals:
+            signal.signal(s, signal.SIG_IGN)
+        raise Interrupted(signum)
+    previous = {s: signal.getsignal(s) for s in signals}
+    for s in signals:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+
+@contextlib.contextmanager
+def _warnings_as_lines() -> Iterator[None]:
+    """:class:`MrisrWarning` printed as ``mrisr: warning: <file>: <what>``, every time."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", MrisrWarning)
+        original = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, MrisrWarning):
+                print(f"mrisr: warning: {message}", file=sys.stderr)
+            else:
+                original(message, category, filename, lineno, file, line)
+        warnings.showwarning = show
+        yield
+
+
+class _StderrLines(logging.Handler):
+    """Library log records as ``mrisr: warning: <library>: <message>`` lines on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = " ".join(record.getMessage().split())
+            print(f"mrisr: {record.levelname.lower()}: {record.name.split('.')[0]}: {text}",
+                  file=sys.stderr)
+        except Exception:  # logging must never break the command
+            self.handleError(record)
+
+
+@contextlib.contextmanager
+def _library_logs_to_stderr() -> Iterator[None]:
+    """Library logs (warnings and above) on stderr, never on stdout: dipy installs a stdout
+    handler of its own (when the root logger has none), nibabel a bare stderr one; both give
+    way to one handler on the root logger. nibabel's error records are dropped: they become
+    exceptions, which are reported as ``mrisr: error``."""
+    root = logging.getLogger()
+    handler = _StderrLines(logging.WARNING)
+    root.addHandler(handler)
+    saved = []
+    for name in ("dipy", "nibabel.global"):
+        logger = logging.getLogger(name)
+        saved.append((logger, list(logger.handlers), logger.propagate))
+        for h in list(logger.handlers):
+            logger.removeHandler(h)
+        logger.propagate = True
+    nib_errors = logging.Filter()
+    nib_errors.filter = lambda record: record.levelno < logging.ERROR
+    logging.getLogger("nibabel.global").addFilter(nib_errors)
+    try:
+        yield
+    finally:
+        logging.getLogger("nibabel.global").removeFilter(nib_errors)
+        for logger, handlers, propagate in saved:
+            for h in handlers:
+                logger.addHandler(h)
+            logger.propagate = propagate
+        root.removeHandler(handler)
+
+
+def _sweep(folder) -> None:
+    """Remove what interrupted runs left in an output folder; report what cannot be judged."""
+    from mrisr.io.atomic import sweep_stale
+
+    removed, unknown = sweep_stale(folder)
+    if removed:
+        print(f"mrisr: removed {len(removed)} temporary file(s) left in "
+              f"{os.path.abspath(folder)} by interrupted runs: "
+              f"{', '.join(p.name for p in removed)}", file=sys.stderr)
+    for path in unknown:
+        print(f"mrisr: warning: {os.path.abspath(path)}: temporary file of an interrupted mrisr run (another "
+              "host's or an older version's); remove it if no run is writing it",
+              file=sys.stderr)
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -59,18 +213,59 @@ def _overrides(items) -> dict:
 def cmd_train(args: argparse.Namespace) -> int:
     from mrisr.training import load_train_config, train
 
+    from mrisr.training import check_run_folder
+
     cfg = load_train_config(args.config, _overrides(args.set))
     if args.output:
         cfg.output = args.output
-    final = train(cfg, resume=args.resume, show_progress=not args.quiet)
+    check_run_folder(cfg.output, args.resume, args.overwrite)
+    if os.environ.get("RANK", "0") == "0" and Path(cfg.output).is_dir():
+        _sweep(cfg.output)
+    final = train(cfg, resume=args.resume, overwrite=args.overwrite,
+                  show_progress=not args.quiet)
     if final is not None:
         print(f"wrote {final}")
     return 0
 
 
+def _is_batch(args) -> bool:
+    from mrisr.io.nifti import is_nifti_path
+
+    target = Path(args.target)
+    return not (target.is_file() and is_nifti_path(target))
+
+
+def _path_key(path) -> str:
+    return os.path.normcase(os.path.realpath(path))
+
+
+def _output_stem(path: Path) -> Path:
+    """Output name without extension: its sidecar and b-tables share it."""
+    name = path.name
+    for ext in (".nii.gz", ".nii"):
+        if name.lower().endswith(ext):
+            return path.with_name(name[:-len(ext)])
+    return path
+
+
+def _check_batch_names(source: Path, jobs) -> None:
+    """Before any work: no two outputs (with their sidecars) of a batch share a name, and no
+    output is an input of the batch."""
+    inputs = {_path_key(p): p for t, r, _ in jobs for p in (t, r) if p is not None}
+    seen: dict[str, Path] = {}
+    for target, _, out in jobs:
+        key = _path_key(_output_stem(out))
+        if key in seen:
+            raise InputError(f"{source}: {seen[key]} and {target} would both be written to "
+                             f"{_output_stem(out)}.* (same name); rename one or upscale them "
+                             "in separate runs")
+        seen[key] = target
+        if _path_key(out) in inputs:
+            raise InputError(f"{out}: output would overwrite an input file of the batch")
+
+
 def _upscale_jobs(args) -> list[tuple[Path, Optional[Path], Path]]:
     """(target, reference, output) for a single file, a folder or a list file."""
-    from mrisr.errors import InputError
     from mrisr.io.nifti import is_nifti_path
 
     target = Path(args.target)
@@ -84,7 +279,12 @@ def _upscale_jobs(args) -> list[tuple[Path, Optional[Path], Path]]:
                              "file with 'target reference' per line")
     elif target.is_file():
         pairs = []
-        for n, line in enumerate(target.read_text().splitlines(), 1):
+        try:
+            text = target.read_text(encoding="utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"{target}: neither a NIfTI file (.nii, .nii.gz) nor a text list "
+                             "of targets") from None
+        for n, line in enumerate(text.splitlines(), 1):
             parts = line.split("#")[0].split()
             if not parts:
                 continue
@@ -98,11 +298,79 @@ def _upscale_jobs(args) -> list[tuple[Path, Optional[Path], Path]]:
         raise InputError(f"{target}: no NIfTI file to upscale")
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: for several inputs the output must be a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    return [(t, r, out / t.name) for t, r in pairs]
+    jobs = [(t, r, out / t.name) for t, r in pairs]
+    _check_batch_names(target, jobs)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{out}: cannot create the output folder ({exc.strerror})") from None
+    return jobs
+
+
+def _check_model_name(name: Optional[str]) -> None:
+    """``--model`` before torch: an interpolation, a preset with weights or an existing file."""
+    from mrisr.cli.catalog import INTERPOLATIONS, read_presets, shipped_presets, weights_path
+
+    if name is None or name in INTERPOLATIONS:
+        return
+    if name in read_presets():
+        if not weights_path(name).exists():
+            raise InputError(f"model '{name}' has no shipped weights; give a checkpoint path")
+        return
+    if not Path(name).is_file():
+        raise InputError(f"{name}: model not found (a preset with weights: "
+                         f"{', '.join(shipped_presets())}; an interpolation: "
+                         f"{', '.join(INTERPOLATIONS)}; or a checkpoint path)")
+
+
+def _batch_summary(written: list, failures: list) -> int:
+    print(f"mrisr: batch summary: {len(written)} written, {len(failures)} failed",
+          file=sys.stderr)
+    for out in written:
+        print(f"  written: {out}", file=sys.stderr)
+    for _, reason in failures:
+        print(f"  failed:  {reason}", file=sys.stderr)
+    return EXIT_BATCH_FAILED if failures else 0
+
+
+def _adapt_steps(text: str) -> int:
+    try:
+        steps = int(text)
+    except ValueError:
+        steps = -1
+    if steps < 0:
+        raise argparse.ArgumentTypeError(f"steps must be a whole number >= 0, got '{text}'")
+    return steps
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
+    from mrisr.io.atomic import check_output_path
+    from mrisr.io.nifti import check_nifti_header
+
+    # Everything that can be checked is checked before torch is imported and before any work:
+    # arguments (by the parser), names of the batch, the model's name, each output and the
+    # headers of the inputs. In a batch a failed input is reported and the others go on.
+    batch = _is_batch(args)
+    jobs = _upscale_jobs(args)
+    _check_model_name(args.model)
+    failures: list[tuple[Path, str]] = []
+    runnable = []
+    for target, ref, out in jobs:
+        try:
+            check_output_path(out, overwrite=args.overwrite, inputs=(target, ref))
+            for path in (target, ref):
+                if path is not None:
+                    check_nifti_header(path)
+        except MrisrError as exc:
+            if not batch or args.fail_fast:
+                raise
+            print(f"mrisr: error: {exc}", file=sys.stderr)
+            failures.append((target, str(exc)))
+            continue
+        runnable.append((target, ref, out))
+    for folder in sorted({out.parent for _, _, out in runnable}):
+        _sweep(folder)
+
     import torch
 
     from mrisr.inference.upscale import is_series_file, load_model, upscale_file
@@ -110,7 +378,9 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    jobs = _upscale_jobs(args)
+    from mrisr.training.adapt import DEFAULT_ADAPT_STEPS
+    adapt_steps = DEFAULT_ADAPT_STEPS if args.adapt == "default" else args.adapt
+    written: list[Path] = []
     size = {"scale": None, "voxel_size": None, "shape": None}
     if args.scale:
         size["scale"] = args.scale if len(args.scale) > 1 else args.scale[0]
@@ -119,38 +389,83 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     if args.shape:
         size["shape"] = [int(round(v)) for v in args.shape]
     models = {}
-    bar = progress(total=0, desc="upscale", unit="slice", disable=args.quiet)
+    # Shown after a second: a run that fails at once prints its error line alone.
+    bar = progress(total=0, desc="upscale", unit="slice", disable=args.quiet, delay=1.0)
 
     def grow(n: int) -> None:
-        bar.total += n
-        bar.refresh()
+        bar.total += n  # shown at the next update (no refresh: it would show the bar now)
     try:
-        for target, ref, out in jobs:
-            # The default model depends on the reference and on whether the input is a series.
-            key = (ref is not None, is_series_file(target))
-            if key not in models:
-                models[key] = load_model(args.model, *key)
-            bar.set_description(f"upscale {target.name}")
-            upscale_file(target, out, ref, overwrite=args.overwrite, memmap=args.memmap,
-                         progress=bar.update, on_start=grow, loaded_model=models[key],
-                         device=args.device, plane=args.plane, tile=args.tile, amp=args.amp,
-                         register=args.register, **size)
+        for target, ref, out in runnable:
+            try:
+                # The default model depends on the reference and on whether the input is a
+                # series.
+                key = (ref is not None, is_series_file(target))
+                if key not in models:
+                    models[key] = load_model(args.model, *key)
+                bar.set_description(f"upscale {target.name}", refresh=False)
+                upscale_file(target, out, ref, overwrite=args.overwrite, memmap=args.memmap,
+                             progress=bar.update, on_start=grow, loaded_model=models[key],
+                             device=args.device, plane=args.plane, tile=args.tile, amp=args.amp,
+                             register=args.register, consistency=args.consistency,
+                             adapt=adapt_steps, **size)
+            except MrisrError as exc:
+                if not batch or args.fail_fast:
+                    raise
+                bar.write(f"mrisr: error: {exc}", file=sys.stderr)
+                failures.append((target, str(exc)))
+                continue
+            written.append(out)
             bar.write(f"wrote {out}")
     finally:
         bar.close()
-    return 0
+    return _batch_summary(written, failures) if batch else 0
+
+
+def _check_degrade_scales(scales: list[float], shape: Sequence[int], allow_upsampling: bool
+                          ) -> None:
+    if any(s < 1 for s in scales) and not allow_upsampling:
+        raise InputError(f"--scale: {','.join(f'{s:g}' for s in scales)} is below 1, which "
+                         "upsamples rather than degrades; add --allow-upsampling to do it")
+    for axis, (n, s) in enumerate(zip(shape, scales)):
+        kept = max(1, int(round(n / s)))  # mrisr.grid.downscaled_shape
+        if s > 1 and kept < 2:
+            raise InputError(f"--scale: {s:g} leaves {kept} voxel of {n} along axis {axis}; at "
+                             f"most {n / 1.5:.4g} keeps two")
 
 
 def cmd_degrade(args: argparse.Namespace) -> int:
-    from mrisr.degradation import degrade_volume
-    from mrisr.grid import voxel_sizes
-    from mrisr.io import check_output_path, load_nifti, save_nifti
+    from mrisr.io import check_output_path
+    from mrisr.io.atomic import output_lock
+    from mrisr.io.nifti import check_nifti_header, is_nifti_path
 
     out = check_output_path(args.output, overwrite=args.overwrite, inputs=(args.input,))
-    vol = load_nifti(args.input, ndim=(3, 4))
-    scale = args.scale if len(args.scale) > 1 else args.scale[0]
-    lr, affine = degrade_volume(vol.data, vol.affine, scale, kind=args.kind)
-    save_nifti(lr, affine, out, template=vol.header)
+    if not is_nifti_path(out):
+        raise InputError(f"{out}: output must end in .nii or .nii.gz")
+    shape = check_nifti_header(args.input)
+    scales = list(args.scale) * 3 if len(args.scale) == 1 else list(args.scale)
+    _check_degrade_scales(scales, shape[:3], args.allow_upsampling)
+    _sweep(out.parent)
+
+    import shutil
+
+    from mrisr.degradation import degrade_volume
+    from mrisr.grid import voxel_sizes
+    from mrisr.io import load_nifti, save_nifti
+    from mrisr.io.atomic import atomic_path
+    from mrisr.io.dwi import companion_paths
+
+    with output_lock(out):
+        vol = load_nifti(args.input, ndim=(3, 4))
+        lr, affine = degrade_volume(vol.data, vol.affine, scales, kind=args.kind)
+        try:
+            save_nifti(lr, affine, out, template=vol.header, replace=args.overwrite)
+            if lr.ndim == 4:  # a series: its b-values and directions go with it
+                for src, dst in zip(companion_paths(args.input), companion_paths(out)):
+                    if src.exists():
+                        with atomic_path(dst) as tmp:
+                            shutil.copyfile(src, tmp)
+        except OSError as exc:
+            raise InputError(f"{exc.filename or out}: {exc.strerror or exc}") from None
     sizes = ", ".join(f"{z:.4g}" for z in voxel_sizes(affine))
     print(f"wrote {out} {lr.shape}, voxel size {sizes} mm")
     return 0
@@ -187,29 +502,30 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from mrisr.models.registry import PRESETS, weights_path
+    from mrisr.cli.catalog import INTERPOLATIONS, read_presets, weights_path
 
     print(f"{'preset':<24} {'weights':<8} description")
-    for name, preset in sorted(PRESETS.items()):
+    for name, preset in sorted(read_presets().items()):
         shipped = "shipped" if weights_path(name).exists() else "-"
         print(f"{name:<24} {shipped:<8} {preset.description}")
+    print(f"interpolation baselines (upscale --model): {', '.join(INTERPOLATIONS)}")
     return 0
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from mrisr.degradation import DEGRADATIONS
-    from mrisr.evaluation.methods import available_methods
-    from mrisr.evaluation.metrics import PROTOCOLS
+    from mrisr.cli.catalog import METHODS, PROTOCOLS, degradations
 
     print(f"mrisr {__version__}")
-    print("methods:      " + ", ".join(available_methods()))
-    print("degradations: " + ", ".join(DEGRADATIONS))
+    print("methods:      " + ", ".join(METHODS))
+    print("degradations: " + ", ".join(degradations()))
     print("protocols:    " + ", ".join(PROTOCOLS))
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from mrisr.cli.catalog import degradations
+
+    parser = _Parser(
         prog="mrisr", description="Arbitrary-scale MRI super-resolution with implicit neural "
         "representations.")
     parser.add_argument("--version", action="version", version=f"mrisr {__version__}")
@@ -229,8 +545,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model from a YAML config (also under torchrun)")
     p.add_argument("config", help="training YAML (see configs/)")
     p.add_argument("-o", "--output", help="run folder (default: the config's 'output')")
-    p.add_argument("--resume", metavar="CKPT", help="continue from a last.pt, or 'auto' to "
-                   "continue from <output>/last.pt when present")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--resume", metavar="CKPT", help="continue from a last.pt, or 'auto' to "
+                       "continue from <output>/last.pt when present (a run folder that holds a "
+                       "run is refused without --resume or --overwrite)")
+    again.add_argument("--overwrite", action="store_true", help="start over in a run folder "
+                       "that holds a run (its log.csv and checkpoints are replaced)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
@@ -242,19 +562,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", help="reference contrast (any resolution, orientation and FOV)")
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--scale", type=_parse_scale, help="upscaling factor S or SX,SY,SZ")
-    size.add_argument("--voxel-size", type=_parse_scale, help="output voxel size V or VX,VY,VZ "
+    size.add_argument("--voxel-size", type=_numbers(), help="output voxel size V or VX,VY,VZ "
                       "(mm; the FOV is kept, so the achieved size is FOV / round(FOV / V))")
-    size.add_argument("--shape", type=_parse_scale, help="output shape NX,NY,NZ")
+    size.add_argument("--shape", type=_numbers((3,), integer=True),
+                      help="output shape NX,NY,NZ")
     p.add_argument("-o", "--output", required=True, help="output NIfTI (a folder for batches)")
-    p.add_argument("--model", help="preset with shipped weights or checkpoint path (default: "
+    p.add_argument("--model", help="preset with shipped weights, checkpoint path, or an "
+                   "interpolation baseline: nearest, linear, cubic, kspace_zerofill (default: "
                    "csr_dmri_s for a 4D series with --ref when its weights are shipped, else "
                    "dualarbnet_s with --ref, liif_s without)")
-    p.add_argument("--plane", default="auto", help="slice plane for 2D models: auto, axial, "
+    p.add_argument("--plane", default="auto", choices=["auto", "axial", "coronal", "sagittal",
+                                                       "0", "1", "2"], help="slice plane for 2D models: auto, axial, "
                    "coronal, sagittal or an axis 0/1/2 (default auto: the plane of the largest "
                    "upscaling factors, i.e. the acquisition plane for in-plane upscaling)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    p.add_argument("--threads", type=int, help="CPU threads")
-    p.add_argument("--tile", type=int, default=256, help="output tile size in voxels of 2D "
+    p.add_argument("--threads", type=_positive_int, help="CPU threads")
+    p.add_argument("--tile", type=_positive_int, default=256, help="output tile size in voxels of 2D "
                    "models (bounded memory; results equal the untiled ones); 3D models tile "
                    "their encoder and decode in chunks of points by themselves")
     p.add_argument("--memmap", action="store_true", help="keep the output array on disk "
@@ -263,7 +586,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--register", action=argparse.BooleanOptionalAction, default=None,
                    help="3D models: rigidly register --ref to the mean b=0 before placing it "
                    "(needs dipy; default: as the model was trained)")
+    p.add_argument("--consistency", default="auto",
+                   choices=["auto", "none", "kspace", "slice_box", "slice_gaussian"],
+                   help="project the output so that the input's acquisition model (k-space crop "
+                        "in-plane, slice profile along a thick axis) gives the input back; auto: "
+                        "box slice profile along an axis upscaled >= 2x and >= 1.5x more than "
+                        "the others, k-space crop otherwise (2D models; default auto)")
+    p.add_argument("--adapt", nargs="?", type=_adapt_steps, const="default", default=0,
+                   metavar="STEPS",
+                   help="test-time adaptation (2D models): fine-tune a copy of the model on "
+                   "pairs made from the input itself (degraded again by the requested factor, "
+                   "with the reference at the input's resolution) before upscaling; STEPS "
+                   "defaults to about a minute of work on 2 CPU cores")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--fail-fast", action="store_true", help="batches: stop at the first input "
+                   "that fails (default: go on with the others, then list what was written and "
+                   f"what failed, and exit with {EXIT_BATCH_FAILED})")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_upscale)
 
@@ -271,9 +609,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input", help="NIfTI volume or 4D series")
     p.add_argument("-o", "--output", required=True, help="output NIfTI")
     p.add_argument("--scale", required=True, type=_parse_scale,
-                   help="degradation factor S or SX,SY,SZ (> 0; 1 keeps an axis)")
-    p.add_argument("--kind", default="kspace", choices=["kspace", "bicubic", "bicubic_aa",
-                                                        "thick_slice"])
+                   help="degradation factor S or SX,SY,SZ (>= 1; 1 keeps an axis)")
+    p.add_argument("--allow-upsampling", action="store_true", help="accept scales below 1 "
+                   "(the result then has more voxels than the input)")
+    p.add_argument("--kind", default="kspace", choices=degradations(),
+                   help="the degradation (see 'mrisr info'; default kspace)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.set_defaults(func=cmd_degrade)
 
@@ -307,14 +647,23 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    try:
-        return args.func(args)
-    except MrisrError as exc:
-        print(f"mrisr: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("mrisr: interrupted", file=sys.stderr)
-        return 130
+    with _signals_as_interrupts(), _warnings_as_lines(), _library_logs_to_stderr():
+        try:
+            return args.func(args)
+        except MrisrError as exc:
+            print(f"mrisr: error: {exc}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: temporaries removed on the way
+            print("mrisr: interrupted", file=sys.stderr)
+            return 128 + getattr(exc, "signum", signal.SIGINT)
+        except MemoryError:
+            print("mrisr: error: out of memory (try --memmap, a smaller output or fewer "
+                  "threads)", file=sys.stderr)
+            return 2
+        except OSError as exc:  # the system refused something not checked beforehand
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"mrisr: error: {where}{exc.strerror or exc}", file=sys.stderr)
+            return 2
 
 
 if __name__ == "__main__":

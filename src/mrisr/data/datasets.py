@@ -25,6 +25,9 @@ class DatasetSpec:
     kind: ``phantom`` (embedded, generated from ``seed``), ``brats`` (folder ``root`` with one
     sub-folder per patient; ``target``/``reference`` are contrast suffixes; the last ``n_test``
     patients form the test split) or ``manifest`` (CSV/YAML file ``manifest``).
+    synthetic_reference: a seed: the reference is a random remapping of the target's
+        intensities drawn with it (:func:`mrisr.data.synthetic.random_contrast`), for subjects
+        with one contrast only (e.g. a whole head with skull); ``None``: the files' reference.
     """
 
     kind: str = "phantom"
@@ -38,6 +41,7 @@ class DatasetSpec:
     seed: int = 0
     shape: list[int] = field(default_factory=lambda: [128, 128, 64])
     voxel_size: list[float] = field(default_factory=lambda: [1.5, 1.5, 2.0])
+    synthetic_reference: Optional[int] = None
 
     def validate(self, source: str) -> None:
         if self.kind not in ("phantom", "brats", "manifest"):
@@ -124,8 +128,15 @@ def load_subjects(spec: DatasetSpec, split: Optional[str] = None,
         yield phantom_subject(spec)
         return
     manifest = resolve_manifest(spec)
+    synthetic = spec.synthetic_reference is not None
     for subject in manifest.split(split or spec.split):
-        yield load_subject(subject, use_reference=use_reference)
+        loaded = load_subject(subject, use_reference=use_reference and not synthetic)
+        if synthetic and use_reference:
+            from mrisr.data.synthetic import random_contrast
+            loaded.reference = random_contrast(loaded.target, np.random.default_rng(
+                spec.synthetic_reference))
+            loaded.reference_coverage = np.ones(loaded.target.shape, dtype=bool)
+        yield loaded
 
 
 def count_subjects(spec: DatasetSpec, split: Optional[str] = None) -> int:

@@ -230,12 +230,22 @@ def evaluate(cfg: EvaluateConfig, methods: Optional[dict[str, SRMethod]] = None,
             bar.total += len(cases) * len(cfg.scales)
             bar.set_description(f"evaluate {s_index + 1}/{n_subjects} {subject.name}")
             best_area = -1.0
-            for index, hr, ref_hr, mask in cases:
-                for scale in cfg.scales:
-                    label = scale_label(scale)
+            for scale in cfg.scales:
+                label = scale_label(scale)
+                degraded = []
+                for index, hr, ref_hr, mask in cases:
                     lr = degrade(hr, scale, kind=cfg.degradation)
                     refs = {r: _reference_input(ref_hr, r, scale, cfg.degradation)
                             for r in cfg.references} if need_reference else {}
+                    degraded.append((index, hr, mask, lr, refs))
+                # Methods that learn from the degraded scan itself see all its slices first.
+                group = [SRCase(lr=lr, out_shape=hr.shape,
+                                reference=refs[cfg.references[0]][0] if refs else None,
+                                target_scale=effective_scale(lr.shape, hr.shape))
+                         for _, hr, _, lr, refs in degraded]
+                for method in built.values():
+                    method.prepare(group)
+                for index, hr, mask, lr, refs in degraded:
                     keep = None
                     if figure_label == label and s_index == 0 and float(mask.sum()) > best_area:
                         best_area = float(mask.sum())

@@ -49,6 +49,10 @@ class SRMethod(ABC):
     def __call__(self, case: SRCase) -> np.ndarray:
         """The super-resolved magnitude image on ``case.out_shape``."""
 
+    def prepare(self, cases: list[SRCase]) -> None:
+        """Called before the cases of one subject at one scale are run, with all of them (the
+        slices of one degraded scan: what test-time adaptation learns from). Default: nothing."""
+
 
 _REGISTRY: dict[str, Callable[..., SRMethod]] = {}
 

@@ -74,10 +74,17 @@ class ModelMethod(SRMethod):
     model: a preset with shipped weights (``"dualarbnet_s"``), a checkpoint path, or an
     ``nn.Module`` (used during training). input_kind: ``magnitude`` or ``complex``; read from
     the checkpoint's training config when available.
+    adapt: test-time adaptation steps (:mod:`mrisr.training.adapt`): before the slices of one
+    degraded scan are run, a copy of the model is fine-tuned on pairs made from them (0: off).
+    consistency: data-consistency projection of each output with its input
+    (:func:`mrisr.degradation.consistency.project`; ``none`` leaves outputs as the model gives).
+    2D cases run through :func:`predict_slice`; 3D cases (``mode: volume``) through
+    :func:`mrisr.inference.upscale.upscale`, exactly as ``mrisr upscale`` runs a NIfTI volume.
     """
 
     def __init__(self, model: Union[str, nn.Module] = "dualarbnet_s", device: str = "auto",
-                 input_kind: Optional[str] = None, threads: Optional[int] = None):
+                 input_kind: Optional[str] = None, threads: Optional[int] = None,
+                 adapt: int = 0, consistency: str = "none"):
         from mrisr.models.checkpoint import load_checkpoint
         from mrisr.models.registry import PRESETS, create_model
 
@@ -96,7 +103,52 @@ class ModelMethod(SRMethod):
         self.model.to(self.device)
         self.input_kind = kind or ("complex" if self.model.in_channels == 2 else "magnitude")
         self.uses_reference = _uses_reference(self.model)
+        self.adapt = int(adapt)
+        self.consistency = consistency
+        self.active = self.model
+        self.adapt_log: list[dict] = []
+
+    def prepare(self, cases: list[SRCase]) -> None:
+        self.active = self.model
+        if not self.adapt or not cases or cases[0].lr.ndim != 2:
+            return  # 3D cases adapt inside upscale()
+        from mrisr.degradation import spline_resize
+        from mrisr.training.adapt import adapt_model
+
+        lr = np.stack([np.abs(c.lr) for c in cases], axis=-1)
+        ref = None
+        if self.uses_reference:
+            ref = np.stack([spline_resize(np.abs(c.reference), c.lr.shape, order=3,
+                                          antialias=True) for c in cases], axis=-1)
+        factors = [o / i for i, o in zip(cases[0].lr.shape, cases[0].out_shape)] + [1.0]
+        result = adapt_model(self.model, lr, factors, 2, ref, self.adapt, device=self.device)
+        self.active = result.model
+        self.adapt_log.append(result.describe())
 
     def __call__(self, case: SRCase) -> np.ndarray:
-        return predict_slice(self.model, case.lr, tuple(case.out_shape), case.reference,
-                             self.input_kind, self.device)
+        if case.lr.ndim == 3:
+            return self._volume(case)
+        out = predict_slice(self.active, case.lr, tuple(case.out_shape), case.reference,
+                            self.input_kind, self.device)
+        if self.consistency != "none":
+            from mrisr.degradation.consistency import project
+            out = project(out, np.abs(case.lr).astype(np.float32), self.consistency)
+        return out
+
+    def _volume(self, case: SRCase) -> np.ndarray:
+        from mrisr.grid import resample_affine
+        from mrisr.inference.upscale import upscale
+        from mrisr.io.nifti import Volume
+
+        def volume(data: np.ndarray, name: str) -> Volume:
+            # One field of view for every grid: the output's, voxel size 1.
+            return Volume(np.abs(data).astype(np.float32),
+                          resample_affine(np.eye(4), case.out_shape, data.shape), None, name)
+        ref = volume(case.reference, "reference") if self.uses_reference else None
+        desc = {"model": "evaluated", "input": self.input_kind}
+        result = upscale(volume(case.lr, "input"), ref, shape=tuple(case.out_shape),
+                         loaded_model=(self.model, desc), device=str(self.device),
+                         consistency=self.consistency, adapt=self.adapt)
+        if "adapt" in result.info:
+            self.adapt_log.append(result.info["adapt"])
+        return result.data

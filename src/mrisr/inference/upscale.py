@@ -5,7 +5,10 @@ target's field of view and orientation (:mod:`mrisr.grid`); the requested scale,
 shape fixes its size per axis. The slice axis is the one with the smallest upscaling factor
 (ties: the thickest voxels), so for in-plane upscaling the model runs in the acquisition plane,
 and for through-plane upscaling of thick slices it runs in a plane that contains the thick axis.
-Any remaining factor along the slice axis is applied by cubic interpolation afterwards.
+Any remaining factor along the slice axis is applied by cubic interpolation afterwards. The
+whole output volume is then projected onto consistency with the input (``consistency``:
+degraded by the input's acquisition model, a k-space crop in-plane or a slice profile along a
+thick axis, it gives the input back; :mod:`mrisr.degradation.consistency`).
 
 The reference may have any resolution, orientation and field of view. It is resampled through
 the affines onto a grid in the target's orientation that covers the target's field of view at
@@ -28,6 +31,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
@@ -38,13 +42,15 @@ import torch
 
 from mrisr.data.intensity import to_magnitude
 from mrisr.degradation import spline_resize
-from mrisr.errors import InputError
+from mrisr.errors import InputError, MrisrWarning
 from mrisr.grid import (ScaleLike, as_scales, resample_affine, shape_for_voxel_size,
                         upscaled_shape, voxel_sizes)
 from mrisr.io.nifti import Volume, load_nifti
 
 PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}
 DEFAULT_TILE = 256
+#: Data-consistency projection of 2D-model outputs (:mod:`mrisr.degradation.consistency`).
+DEFAULT_CONSISTENCY = "auto"
 
 
 @dataclass
@@ -54,6 +60,8 @@ class UpscaleResult:
     data: np.ndarray
     affine: np.ndarray
     info: dict = field(default_factory=dict)
+    #: ``(model, description)`` after test-time adaptation (``adapt`` > 0), for reuse
+    adapted_model: Optional[tuple] = None
 
 
 def output_grid(shape: Sequence[int], affine: np.ndarray, scale: Optional[ScaleLike] = None,
@@ -129,18 +137,48 @@ def available_memory() -> Optional[int]:
 
 def check_resources(out_path: Path, out_shape: Sequence[int], n_volumes: int,
                     memmap: bool) -> None:
-    """Refuse, before any work, an output that would not fit in memory or on disk."""
+    """Refuse, before any work, an output that would not fit in memory or on disk (with
+    ``memmap``, one output volume also lives in a scratch file beside the output)."""
+    from mrisr.io.atomic import format_size
+
     one = estimate_bytes(out_shape)
-    total = one * n_volumes
+    total = one * n_volumes + (one if memmap else 0)
     free_disk = shutil.disk_usage(out_path.parent).free
     if total > 0.95 * free_disk:
-        raise InputError(f"{out_path}: output needs {total / 1e9:.2f} GB but only "
-                         f"{free_disk / 1e9:.2f} GB are free on disk")
+        raise InputError(f"{out_path}: output needs {format_size(total)} on disk but only "
+                         f"{format_size(free_disk)} are free")
     mem = available_memory()
     if not memmap and mem is not None and 2 * one > 0.9 * mem:
-        raise InputError(f"{out_path}: one output volume needs {one / 1e9:.2f} GB (x2 while "
-                         f"processing) but {mem / 1e9:.2f} GB of memory are available; use "
+        raise InputError(f"{out_path}: one output volume needs {format_size(one)} (x2 while "
+                         f"processing) but {format_size(mem)} of memory are available; use "
                          "--memmap or a smaller scale")
+
+
+#: Interpolation baselines usable as ``--model`` (label of ``mrisr.evaluation.methods`` ->
+#: kind of :func:`mrisr.evaluation.methods.interpolate`).
+INTERPOLATION_MODELS = {"nearest": "nearest", "linear": "linear", "cubic": "cubic",
+                        "kspace_zerofill": "sinc"}
+
+
+class VolumeInterpolation:
+    """An interpolation baseline as a model: the whole 3D volume interpolated onto the output
+    grid, exactly as the evaluation methods of the same names (magnitude, clipped at 0)."""
+
+    use_reference = False
+
+    def __init__(self, name: str):
+        self.name = name
+        self.kind = INTERPOLATION_MODELS[name]
+
+    def __call__(self, volume: np.ndarray, out_shape: Sequence[int],
+                 out: Optional[np.ndarray] = None) -> np.ndarray:
+        from mrisr.evaluation.methods import interpolate
+
+        result = to_magnitude(interpolate(volume, tuple(out_shape), self.kind))
+        if out is None:
+            return result.astype(np.float32, copy=False)
+        out[...] = result
+        return out
 
 
 class SliceUpscaler:
@@ -229,9 +267,13 @@ def load_model(name: Optional[str], has_reference: bool, series: bool = False):
     """A preset with shipped weights, or a checkpoint path; returns (model, description).
     Without ``name``, the default for the input (``series``: a 4D series)."""
     from mrisr.models.checkpoint import load_checkpoint
-    from mrisr.models.registry import PRESETS, weights_path
+    from mrisr.models.registry import PRESETS, list_models, weights_path
 
     name = name or default_model_name(has_reference, series)
+    if name in INTERPOLATION_MODELS:
+        return VolumeInterpolation(name), {"model": name, "architecture": "interpolation",
+                                           "code_version": None, "input": "magnitude",
+                                           "t1_registered_in_training": False}
     if name in PRESETS:
         path = weights_path(name)
         if not path.exists():
@@ -240,8 +282,9 @@ def load_model(name: Optional[str], has_reference: bool, series: bool = False):
     elif Path(name).exists():
         loaded = load_checkpoint(name)
     else:
-        raise InputError(f"{name}: model not found (a preset with weights: dualarbnet_s, "
-                         "liif_s; or a checkpoint path)")
+        raise InputError(f"{name}: model not found (a preset with weights: "
+                         f"{', '.join(list_models(pretrained=True))}; an interpolation: "
+                         f"{', '.join(INTERPOLATION_MODELS)}; or a checkpoint path)")
     model = loaded.model
     kind = loaded.payload.get("train_config", {}).get("data", {}).get("input") or \
         ("complex" if model.in_channels == 2 else "magnitude")
@@ -269,15 +312,50 @@ def grid_info(desc: dict, in_shape: Sequence[int], in_affine: np.ndarray,
                                "A' = A @ [[diag(f), (f-1)/2], [0, 1]], f = N/N'"}
 
 
+def check_consistency(model: str) -> str:
+    from mrisr.degradation.consistency import CONSISTENCY_MODELS
+
+    if model not in CONSISTENCY_MODELS:
+        raise InputError(f"unknown consistency model '{model}' (known: "
+                         f"{', '.join(CONSISTENCY_MODELS)})")
+    return model
+
+
+def apply_consistency(data: np.ndarray, lr: np.ndarray, model: str) -> dict:
+    """Project the whole output volume ``data`` (in place) onto consistency with the input
+    volume ``lr`` under ``model`` (:func:`mrisr.degradation.consistency.project`); returns the
+    sidecar entry: what was requested and done, and the relative mismatch before and after."""
+    from mrisr.degradation.consistency import project
+
+    report: dict = {"requested": model}
+    t0 = time.perf_counter()
+    project(data, np.asarray(lr, dtype=np.float32), model, out=data, report=report)
+    report["seconds"] = round(time.perf_counter() - t0, 3)
+    return report
+
+
 def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, voxel_size=None,
             shape=None, model: Optional[str] = None, device: str = "auto",
             plane: Optional[str] = None, tile: Optional[int] = DEFAULT_TILE, amp: bool = False,
             out: Optional[np.ndarray] = None, progress: Optional[Callable[[int], None]] = None,
-            loaded_model=None) -> UpscaleResult:
-    """Super-resolve a 3D :class:`Volume` (see the module docstring for the conventions)."""
+            loaded_model=None, consistency: str = DEFAULT_CONSISTENCY,
+            adapt: int = 0) -> UpscaleResult:
+    """Super-resolve a 3D :class:`Volume` (see the module docstring for the conventions).
+
+    ``consistency``: the data-consistency projection applied to the whole output of a 2D
+    model (after any cubic remainder along the slice axis) with the input volume, one of
+    ``auto``, ``none``, ``kspace``, ``slice_box``, ``slice_gaussian``
+    (:mod:`mrisr.degradation.consistency`); recorded in ``info["consistency"]``. Not applied
+    to 3D models.
+
+    ``adapt``: fine-tune a copy of a 2D model for that many steps on pairs made from the input
+    itself before upscaling (:mod:`mrisr.training.adapt`); the adapted model is returned in
+    ``adapted_model`` and described in ``info["adapt"]``.
+    """
     from mrisr.devices import select_device
     from mrisr.resample import resample_to_grid
 
+    check_consistency(consistency)
     if target.data.ndim != 3:
         raise InputError(f"{target.path}: upscale() takes a 3D volume; use upscale_file for 4D")
     out_shape, out_affine = output_grid(target.spatial_shape, target.affine, scale, voxel_size,
@@ -285,11 +363,25 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
     zooms = voxel_sizes(target.affine)
     axis = choose_slice_axis(target.spatial_shape, out_shape, zooms, plane)
     net, desc = loaded_model or load_model(model, reference is not None)
+    check_adaptable(net, adapt)
+    # -- interpolation baselines: the whole volume onto the output grid ---------------------
+    if isinstance(net, VolumeInterpolation):
+        t0 = time.perf_counter()
+        data = net(target.data, out_shape, out)
+        if progress:
+            progress(target.spatial_shape[axis])
+        info = {**grid_info(desc, target.spatial_shape, target.affine, out_shape, out_affine),
+                "seconds": round(time.perf_counter() - t0, 3),
+                "consistency": {"requested": consistency, "model": "none",
+                                "reason": "not applied to interpolation baselines"}}
+        return UpscaleResult(data=data, affine=out_affine, info=info)
     # -- 3D models: the whole volume at once (mrisr.inference.volume3d) ---------------------
     from mrisr.inference.volume3d import SeriesUpscaler3D, is_volume_model
     if is_volume_model(net):
-        return SeriesUpscaler3D(target, reference, (net, desc), out_shape, out_affine,
-                                device=device, amp=amp).upscale(0, out, progress)
+        result = SeriesUpscaler3D(target, reference, (net, desc), out_shape, out_affine,
+                                  device=device, amp=amp).upscale(0, out, progress)
+        result.info["consistency"] = consistency_not_applied(consistency)
+        return result
     # -- 2D models: slice by slice ----------------------------------------------------------
     dev = select_device(device)
     upscaler = SliceUpscaler(net, dev, desc["input"], tile, amp)
@@ -305,10 +397,50 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
                              "voxel_size": [float(z) for z in voxel_sizes(ref_affine)],
                              "covered_fraction": float(inside.mean()),
                              "slices_without_reference": int((~covered).sum())}
+    adapted = None
+    if adapt:
+        adapted, info["adapt"] = adapt_to_input(net, desc, target, ref_grid, out_shape, axis,
+                                                adapt, dev, progress)
+        upscaler = SliceUpscaler(adapted[0], dev, desc["input"], tile, amp)
     t0 = time.perf_counter()
     data = upscaler.upscale(target.data, out_shape, axis, ref_grid, out, progress)
+    info["consistency"] = apply_consistency(data, target.data, consistency)
     info["seconds"] = round(time.perf_counter() - t0, 3)
-    return UpscaleResult(data=data, affine=out_affine, info=info)
+    return UpscaleResult(data=data, affine=out_affine, info=info, adapted_model=adapted)
+
+
+def check_adaptable(net, adapt: int) -> None:
+    from mrisr.inference.volume3d import is_volume_model
+
+    if adapt < 0:
+        raise InputError(f"--adapt must be a number of steps >= 0, got {adapt}")
+    if adapt and (isinstance(net, VolumeInterpolation) or is_volume_model(net)):
+        raise InputError("--adapt fine-tunes 2D models; the chosen model is "
+                         f"{'an interpolation' if isinstance(net, VolumeInterpolation) else '3D'}")
+
+
+def adapt_to_input(net, desc: dict, target: Volume, ref_grid: Optional[np.ndarray],
+                   out_shape: Sequence[int], axis: int, steps: int, device: torch.device,
+                   progress: Optional[Callable[[int], None]] = None) -> tuple[tuple, dict]:
+    """Test-time adaptation of a 2D model to ``target`` (:func:`mrisr.training.adapt.
+    adapt_model`); the reference (on :func:`reference_grid`) is brought to the input's
+    resolution with an anti-aliasing filter. Returns the adapted ``(model, description)`` and
+    the sidecar entry."""
+    from mrisr.training.adapt import adapt_model
+
+    ref_lr = None
+    if ref_grid is not None:
+        ref_lr = spline_resize(ref_grid, target.spatial_shape, order=3, antialias=True)
+    factors = [o / i for i, o in zip(target.spatial_shape, out_shape)]
+    with torch.enable_grad():
+        result = adapt_model(net, target.data, factors, axis, ref_lr, steps, device=device,
+                             progress=progress)
+    return (result.model, {**desc, "adapted_steps": steps}), result.describe()
+
+
+def consistency_not_applied(model: str) -> dict:
+    """Sidecar entry of the 3D-model path, which has no consistency projection."""
+    return {"requested": model, "model": "none", "reason": "not applied to 3D models"}
 
 
 def sidecar_path(out_path: Path) -> Path:
@@ -319,13 +451,37 @@ def sidecar_path(out_path: Path) -> Path:
 
 def upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
                  reference_path: Optional[str | os.PathLike] = None, *, overwrite: bool = False,
-                 memmap: bool = False, progress: Optional[Callable[[int], None]] = None,
-                 on_start: Optional[Callable[[int], None]] = None, loaded_model=None,
-                 **options) -> nib.Nifti1Image:
+                 **kwargs) -> nib.Nifti1Image:
     """Upscale a NIfTI file (3D, or 4D volume by volume) into ``out_path`` atomically, with a
     JSON sidecar; bval/bvec files beside a 4D input are copied. Returns the output image
-    (data read lazily from the written file)."""
-    from mrisr.io.atomic import atomic_path, check_output_path, write_text_atomic
+    (data read lazily from the written file). Keyword arguments: ``memmap``, ``progress``,
+    ``on_start``, ``loaded_model`` and those of :func:`upscale`.
+
+    While it runs the output is locked (``.NAME.mrisr-lock`` beside it): a second run writing
+    the same output fails at once, and without ``overwrite`` the result never replaces a file
+    that appeared meanwhile. A failed write (full disk, ...) raises :class:`InputError`; the
+    temporary files are removed whatever happens (exception, Ctrl-C, SIGTERM in the CLI).
+    """
+    from mrisr.io.atomic import check_output_path, output_lock
+
+    out = Path(out_path)
+    check_output_path(out, overwrite=overwrite, inputs=(target_path, reference_path))
+    try:
+        with output_lock(out):
+            return _upscale_file(target_path, out, reference_path, overwrite=overwrite,
+                                 **kwargs)
+    except OSError as exc:
+        raise InputError(f"{exc.filename or out}: {exc.strerror or exc}") from None
+
+
+def _upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
+                  reference_path: Optional[str | os.PathLike] = None, *, overwrite: bool = False,
+                  memmap: bool = False, progress: Optional[Callable[[int], None]] = None,
+                  on_start: Optional[Callable[[int], None]] = None, loaded_model=None,
+                  **options) -> nib.Nifti1Image:
+    """:func:`upscale_file`'s work, run while it holds the output lock."""
+    from mrisr.io.atomic import (atomic_path, check_output_path, reserve_space, scratch_prefix,
+                                 write_text_atomic)
     from mrisr.io.dwi import companion_paths
     from mrisr.io.nifti import is_nifti_path
     from mrisr.inference.streaming import StreamingNiftiWriter
@@ -334,10 +490,16 @@ def upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
     if not is_nifti_path(out):
         raise InputError(f"{out}: output must end in .nii or .nii.gz")
     check_output_path(out, overwrite=overwrite, inputs=(target_path, reference_path))
+    check_consistency(options.get("consistency", DEFAULT_CONSISTENCY))
     sidecar = sidecar_path(out)
     target = load_nifti(target_path, ndim=(3, 4))
     reference = load_nifti(reference_path) if reference_path is not None else None
     series = target.data.ndim == 4
+    if series and not companion_paths(target_path)[0].exists():
+        warnings.warn(MrisrWarning(
+            f"{target_path}: 4D series without {companion_paths(target_path)[0].name} beside "
+            "it: b-values unknown, so no volume is treated as b=0 and no .bval/.bvec is "
+            "written"), stacklevel=3)
     n_vol = target.data.shape[3] if series else 1
     shape3 = target.spatial_shape
     out_shape, out_affine = output_grid(shape3, target.affine, options.get("scale"),
@@ -347,6 +509,10 @@ def upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
     register = options.pop("register", None)  # 3D models only: the 2D path has no T1w-b=0 pair
     model_pack = loaded_model or load_model(options.pop("model", None), reference is not None,
                                             series)
+    check_adaptable(model_pack[0], options.get("adapt", 0))
+    if reference is not None and isinstance(model_pack[0], VolumeInterpolation):
+        warnings.warn(MrisrWarning(f"{reference_path}: not used by the interpolation baseline "
+                                   f"'{model_pack[0].name}'"), stacklevel=3)
     # -- 3D models: the series is prepared once (b=0 normalisation from the .bval beside the
     # input, brain mask, T1w on the output grid), then each volume is upscaled whole.
     from mrisr.inference.volume3d import SeriesUpscaler3D, is_volume_model, read_series_bvals
@@ -362,12 +528,15 @@ def upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
     elif on_start:
         axis = choose_slice_axis(shape3, out_shape, voxel_sizes(target.affine),
                                  options.get("plane"))
-        on_start(n_vol * shape3[axis])
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=".mrisr-") as scratch:
+        on_start(n_vol * shape3[axis] + options.get("adapt", 0))
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=scratch_prefix()) as scratch:
         buffer = np.lib.format.open_memmap(Path(scratch) / "out.npy", mode="w+",
                                            dtype=np.float32, shape=out_shape) if memmap else None
-        with atomic_path(out) as tmp:
+        if buffer is not None:
+            reserve_space(buffer.filename)  # a full disk: an error now, not a crash later
+        with atomic_path(out, replace=overwrite) as tmp:
             writer = None
+            adapt_info = None
             for v in range(n_vol):
                 if series3d is not None:
                     result = series3d.upscale(v, out=buffer, progress=progress)
@@ -376,6 +545,10 @@ def upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
                                  target.affine, target.header, target.path)
                     result = upscale(vol, reference, out=buffer, progress=progress,
                                      loaded_model=model_pack, **options)
+                    if result.adapted_model is not None:
+                        # A series is adapted once, on its first volume.
+                        model_pack, options["adapt"] = result.adapted_model, 0
+                        adapt_info = result.info["adapt"]
                 if writer is None:
                     writer = StreamingNiftiWriter(tmp, out_shape + ((n_vol,) if series else ()),
                                                   result.affine, target.header)
@@ -383,6 +556,11 @@ def upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
             writer.close()
         info = {**result.info, "input": str(target_path), "output": str(out),
                 "volumes": n_vol}
+        if adapt_info is not None:
+            info["adapt"] = adapt_info
+        if series3d is not None:
+            info["consistency"] = consistency_not_applied(
+                options.get("consistency", DEFAULT_CONSISTENCY))
         write_text_atomic(sidecar, json.dumps(info, indent=1))
     if series:
         bval, bvec = companion_paths(target_path)

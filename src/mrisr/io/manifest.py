@@ -89,8 +89,10 @@ def _subject_from_row(row: dict, base: Path, source: Path, line: int) -> Subject
             raise InputError(f"{source}: entry {line} has no '{key}'")
 
     def resolve(value: str) -> Path:
-        p = Path(os.path.expandvars(str(value)))
-        return p if p.is_absolute() else base / p
+        from mrisr.config import expand_vars
+        p = Path(os.path.expandvars(expand_vars(str(value))))
+        # A path built on ${MRISR_DATA} is relative to the working directory, as that folder is.
+        return p if p.is_absolute() or "${" in str(value) else base / p
 
     refs = row.get("reference") or ""
     refs = refs if isinstance(refs, list) else [r for r in str(refs).split(";") if r.strip()]

@@ -7,6 +7,7 @@ given affine, and the input's spatial/temporal units when a template header is g
 """
 from __future__ import annotations
 
+import math
 import os
 import zlib
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import nibabel as nib
 import numpy as np
 
 from mrisr.errors import InputError
-from mrisr.io.atomic import atomic_path
+from mrisr.io.atomic import atomic_path, format_size
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -47,6 +48,53 @@ def is_nifti_path(path: str | os.PathLike) -> bool:
     return name.endswith(NIFTI_SUFFIXES)
 
 
+#: deflate compresses by at most about 1032:1, so a ``.nii.gz`` file of ``n`` bytes cannot
+#: hold more than about this many times ``n`` bytes of voxels.
+MAX_GZIP_RATIO = 1100
+
+
+def _open_checked(p: Path) -> nib.Nifti1Image:
+    """nibabel's image of ``p`` (header read, no data), after checking that the data it
+    describes can be in the file."""
+    if not p.exists():
+        raise InputError(f"{p}: file not found")
+    if p.is_dir():
+        raise InputError(f"{p}: is a folder, expected a NIfTI file")
+    if not is_nifti_path(p):
+        raise InputError(f"{p}: not a NIfTI file (expected .nii or .nii.gz)")
+    try:
+        img = nib.load(str(p))
+    except Exception as exc:  # nibabel raises many types for bad headers
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise InputError(f"{p}: cannot read NIfTI data (truncated or corrupt file: {reason})") \
+            from None
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise InputError(f"{p}: not a NIfTI-1/2 image")
+    shape = tuple(int(n) for n in img.shape)
+    if not shape or any(n < 1 for n in shape):
+        raise InputError(f"{p}: header describes an empty image (shape {shape})")
+    # Python integers: no overflow whatever the header claims.
+    need = math.prod(shape) * img.get_data_dtype().itemsize + int(img.header.get_data_offset())
+    size = p.stat().st_size
+    if p.name.lower().endswith(".gz"):
+        if need > size * MAX_GZIP_RATIO + 65536:
+            raise InputError(f"{p}: corrupt header: it describes {shape} voxels "
+                             f"({format_size(need)}), more than a compressed file of "
+                             f"{format_size(size)} can hold")
+    elif need > size:
+        raise InputError(f"{p}: cannot read NIfTI data (truncated or corrupt file: the header "
+                         f"describes {shape} voxels ({format_size(need)}) but the file has "
+                         f"{format_size(size)})")
+    return img
+
+
+def check_nifti_header(path: str | os.PathLike) -> tuple[int, ...]:
+    """Check a NIfTI file without reading its voxels: it exists, is NIfTI, and the data its
+    header describes fit in the file (a header claiming huge dimensions over little data is
+    refused before anything is allocated). Returns the data shape."""
+    return tuple(int(n) for n in _open_checked(Path(path)).shape)
+
+
 def load_nifti(path: str | os.PathLike, ndim: tuple[int, ...] = (3,),
                allow_all_zero: bool = False) -> Volume:
     """Load and validate a NIfTI file.
@@ -63,23 +111,15 @@ def load_nifti(path: str | os.PathLike, ndim: tuple[int, ...] = (3,),
     not NIfTI, truncated, of the wrong dimensionality, contains NaN/Inf, or is all zero.
     """
     p = Path(path)
-    if not p.exists():
-        raise InputError(f"{p}: file not found")
-    if p.is_dir():
-        raise InputError(f"{p}: is a folder, expected a NIfTI file")
-    if not is_nifti_path(p):
-        raise InputError(f"{p}: not a NIfTI file (expected .nii or .nii.gz)")
+    img = _open_checked(p)
     try:
-        img = nib.load(str(p))
-        if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
-            raise InputError(f"{p}: not a NIfTI-1/2 image")
         data = np.asarray(img.dataobj, dtype=np.float32)
-    except InputError:
-        raise
     except (EOFError, zlib.error, OSError, ValueError, nib.filebasedimages.ImageFileError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise InputError(f"{p}: cannot read NIfTI data (truncated or corrupt file: {reason})") \
             from None
+    except MemoryError:
+        raise InputError(f"{p}: not enough memory to load {img.shape} voxels") from None
     while data.ndim > 3 and data.shape[-1] == 1:
         data = data[..., 0]
     if data.ndim == 3 and 2 in ndim and 3 not in ndim and data.shape[2] == 1:
@@ -127,12 +167,13 @@ def make_nifti(data: np.ndarray, affine: np.ndarray,
 
 
 def save_nifti(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike,
-               template: Optional[nib.Nifti1Header] = None) -> Path:
-    """Write ``data`` as a float32 NIfTI file atomically (temporary file + rename)."""
+               template: Optional[nib.Nifti1Header] = None, replace: bool = True) -> Path:
+    """Write ``data`` as a float32 NIfTI file atomically (temporary file + rename);
+    ``replace=False`` refuses to replace a file that exists when the new one is complete."""
     out = Path(path)
     if not is_nifti_path(out):
         raise InputError(f"{out}: output must end in .nii or .nii.gz")
     img = make_nifti(data, affine, template)
-    with atomic_path(out) as tmp:
+    with atomic_path(out, replace=replace) as tmp:
         nib.save(img, str(tmp))
     return out

@@ -71,6 +71,19 @@ class LoadedCheckpoint:
     payload: dict
 
 
+def _load_failure(exc: Exception) -> str:
+    """Why ``torch.load(weights_only=True)`` failed, in a few words. torch's own messages
+    suggest loading with ``weights_only=False``, which runs arbitrary code: never repeated."""
+    text = str(exc)
+    if "weights_only" in text or "Unpickl" in type(exc).__name__:
+        return "corrupt, or holds objects other than tensors and plain values"
+    if "zip archive" in text or "central directory" in text:
+        return "truncated or corrupt file"
+    if isinstance(exc, EOFError) or not text:
+        return "empty or truncated file"
+    return text.splitlines()[0][:200]
+
+
 def read_checkpoint(path: str | os.PathLike) -> dict:
     p = Path(path)
     if not p.exists():
@@ -78,8 +91,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt/unsafe files
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise InputError(f"{p}: not a readable mrisr checkpoint ({reason})") from None
+        raise InputError(f"{p}: not a readable mrisr checkpoint ({_load_failure(exc)})") \
+            from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(f"{p}: not an mrisr checkpoint (format {payload.get('format')!r})"
                          if isinstance(payload, dict) else f"{p}: not an mrisr checkpoint")

@@ -31,6 +31,18 @@ for preset in (
 ):
     register_preset(preset)
 
+# The same architectures trained for other sites' scans (configs/train_*_robust.yaml): every
+# brats18 contrast pair, whole heads with synthetic contrasts, domain randomisation, random
+# acquisitions including thick slices. The defaults of `mrisr upscale` for 3D volumes.
+for preset in (
+    Preset("dualarbnet_robust", "dualarbnet", _COMPACT_DUALARBNET,
+           "dualarbnet_s trained on several sources with domain randomisation and random "
+           "acquisitions (thick slices too); default with --ref"),
+    Preset("liif_robust", "liif", {**_COMPACT_ENCODER, "hidden": [96, 96, 96, 96]},
+           "liif_s trained like dualarbnet_robust; default without --ref"),
+):
+    register_preset(preset)
+
 for name, flag in (("noref", "use_reference"), ("noscale", "use_scale"),
                    ("nocoord", "use_coord")):
     register_preset(Preset(f"dualarbnet_s_{name}", "dualarbnet",

@@ -9,11 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Callable
-
-from torch import nn
+from typing import TYPE_CHECKING, Callable
 
 from mrisr.errors import ConfigError, InputError
+
+if TYPE_CHECKING:  # torch is not imported here, so that the presets can be listed without it
+    from torch import nn
 
 _ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}
 

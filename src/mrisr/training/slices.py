@@ -140,10 +140,16 @@ class SliceVolumes:
             sources.append(Source(spec, vols))
         else:
             sources = [Source(spec, _load_source(spec, need_reference)) for spec in specs]
+        return cls.from_sources(sources, cfg.min_brain_fraction, need_reference)
+
+    @classmethod
+    def from_sources(cls, sources: list[Source], min_brain_fraction: float,
+                     need_reference: bool) -> "SliceVolumes":
+        """Index the valid slices of volumes already in memory (e.g. a user's own scan)."""
         for source in sources:
             rows = [(v, a, i) for v, vol in enumerate(source.volumes)
                     for a in source.spec.slice_axes
-                    for i in _valid_slices(vol.mask, a, cfg.min_brain_fraction)]
+                    for i in _valid_slices(vol.mask, a, min_brain_fraction)]
             for vol in source.volumes:
                 vol.prepare(source.spec.slice_axes)
             if not rows:

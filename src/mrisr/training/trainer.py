@@ -145,7 +145,9 @@ class Trainer:
         path = self._log_path()
         if not self.dist.is_main or not path.exists():
             return
-        rows = [r for r in csv.DictReader(path.open()) if int(r["step"]) <= self.step]
+        # A run killed while appending may have left a partial last row: dropped.
+        rows = [r for r in csv.DictReader(path.open()) if r.get(LOG_COLUMNS[-1]) is not None
+                and r["step"].isdigit() and int(r["step"]) <= self.step]
         buf = io.StringIO()
         writer = csv.DictWriter(buf, fieldnames=LOG_COLUMNS, extrasaction="ignore",
                                 lineterminator="\n")

@@ -1,0 +1,235 @@
+"""Training for other sites' scans: acquisitions, synthetic contrasts, domain randomisation,
+multi-source slices and test-time adaptation (small generated data)."""
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from mrisr.cli.main import main
+from mrisr.config import from_dict
+from mrisr.data import randomise as rnd
+from mrisr.data.phantom import make_brain_phantom
+from mrisr.data.synthetic import random_contrast
+from mrisr.degradation import DEGRADATIONS, degrade, degrade_volume
+from mrisr.degradation.kspace import centered_fft, kspace_resize
+from mrisr.errors import InputError
+from mrisr.inference.upscale import upscale, upscale_file
+from mrisr.io import load_nifti, save_nifti
+from mrisr.models import create_model
+from mrisr.models.checkpoint import save_checkpoint
+from mrisr.training.adapt import adapt_config, adapt_model, pair_setup
+from mrisr.training.config import TrainConfig
+from mrisr.training.slices import SlicePatchTask, SliceVolumes, Source, TrainingVolume
+
+TINY = {"G0": 8, "D": 1, "C": 2, "G": 8, "fusion_channels": 8, "fusion_convs": 1,
+        "skip_hidden": 8, "attention_reduction": 4, "image_residual": "cubic"}
+
+
+def _disc(n=48):
+    y, x = np.mgrid[:n, :n]
+    return (((y - n / 2) ** 2 + (x - n / 2) ** 2) < (n / 3) ** 2).astype(np.float32)
+
+
+# -- acquisitions ------------------------------------------------------------------------------
+def test_every_degradation_gives_the_smaller_grid():
+    image = np.random.default_rng(0).random((40, 36)).astype(np.float32) + 0.5
+    for kind in DEGRADATIONS:
+        scale = (1, 2) if kind.startswith("thick") else 2
+        out = degrade(image, scale, kind=kind)
+        assert out.shape == ((40, 18) if kind.startswith("thick") else (20, 18)), kind
+        # Every acquisition keeps the mean intensity of a constant image.
+        flat = np.abs(degrade(np.full((40, 36), 3.0, np.float32), scale, kind=kind))
+        np.testing.assert_allclose(flat[4:-4, 4:-4], 3.0, rtol=0.03, err_msg=kind)
+
+
+def test_kspace_window_and_partial_fourier_act_on_the_kept_samples():
+    image = np.random.default_rng(1).random((32, 32))
+    plain = centered_fft(torch.from_numpy(kspace_resize(image, (16, 16))), 2).abs()
+    hamming = centered_fft(torch.from_numpy(kspace_resize(image, (16, 16), window="hamming")),
+                           2).abs()
+    partial = centered_fft(torch.from_numpy(kspace_resize(image, (16, 16),
+                                                          partial_fourier=0.625)), 2).abs()
+    # The window damps the edge of the kept block and leaves its centre.
+    assert float(hamming[:, 0].sum()) < 0.2 * float(plain[:, 0].sum())
+    torch.testing.assert_close(hamming[8, 8], plain[8, 8], rtol=0.02, atol=0)
+    # 5/8 partial Fourier: the first 6 of 16 samples of the last axis are not acquired.
+    assert float(partial[:, :6].abs().max()) < 1e-6 and float(partial[:, 6:].min()) >= 0
+    torch.testing.assert_close(partial[:, 6:], plain[:, 6:])
+    with pytest.raises(ValueError):
+        kspace_resize(image, (16, 16), partial_fourier=0.3)
+
+
+def test_degrade_volume_stores_magnitudes_of_kspace_variants():
+    data = np.random.default_rng(2).random((16, 16, 8)).astype(np.float32)
+    lr, affine = degrade_volume(data, np.eye(4), (2, 2, 1), kind="kspace_hamming")
+    assert lr.dtype == np.float32 and lr.shape == (8, 8, 8) and lr.min() >= 0
+    np.testing.assert_allclose(np.diag(affine)[:3], [2, 2, 1])
+
+
+# -- synthetic contrasts and randomisation -----------------------------------------------------
+def test_random_contrast_keeps_anatomy_and_background():
+    two = _disc() + 2 * (_disc()[::-1].T * (np.arange(48)[None, :] > 24))
+    rng = np.random.default_rng(3)
+    maps = [random_contrast(two, rng) for _ in range(6)]
+    for out in maps:
+        assert out.shape == two.shape and np.all(out[two == 0] == 0)
+        # Voxels of one tissue stay one value: the edges are where they were.
+        for value in np.unique(two):
+            assert np.ptp(out[two == value]) < 1e-5
+    # The order of the tissues' brightness changes between draws.
+    orders = {tuple(np.argsort([out[two == v][0] for v in np.unique(two)[1:]])) for out in maps}
+    assert len(orders) > 1
+    np.testing.assert_array_equal(random_contrast(two, np.random.default_rng(5)),
+                                  random_contrast(two, np.random.default_rng(5)))
+
+
+def test_randomisation_functions():
+    rng = np.random.default_rng(4)
+    field = rnd.bias_field((40, 30), rng, 0.3)
+    assert field.shape == (40, 30) and np.exp(-0.3) - 1e-5 <= field.min() <= field.max() <= \
+        np.exp(0.3) + 1e-5 and np.ptp(np.log(field)) > 0.3
+    image = np.zeros((200, 200), np.float32)
+    image[50:150, 50:150] = 100.0
+    noisy = rnd.add_noise(image, rng, snr=20.0, rician=False)
+    assert abs(float(noisy[60:140, 60:140].std()) - 5.0) < 0.5
+    rician = rnd.add_noise(image, rng, snr=20.0, rician=True)
+    assert float(rician[:40, :40].min()) >= 0 and float(rician[:40, :40].mean()) > 5.0
+    impulse = np.zeros((9, 9), np.float32)
+    impulse[4, 4] = 1
+    assert rnd.shift(impulse, (1.0, 0.0))[5, 4] == pytest.approx(1.0)
+    np.testing.assert_allclose(rnd.gamma(image, 2.0).max(), image.max(), rtol=1e-5)
+
+
+# -- multi-source training slices --------------------------------------------------------------
+def _source_config(tmp_path, **data):
+    ph = make_brain_phantom(shape=(48, 40, 12), voxel_size=(2, 2, 4), seed=0)
+    root = tmp_path / "brats"
+    for name in ("p1", "p2", "p3"):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for contrast, image in (("t1", ph.t1w), ("t2", ph.t2w), ("flair", ph.pd)):
+            save_nifti(image * ph.brain_mask, ph.affine, root / name / f"{name}_{contrast}.nii.gz")
+    save_nifti(ph.t1w, ph.affine, tmp_path / "head.nii.gz")
+    base = {
+        "model": {"name": "dualarbnet", "args": TINY},
+        "data": {"sources": [
+            {"name": "brats", "kind": "brats", "root": str(root), "n_test": 1,
+             "contrasts": ["t1", "t2", "flair"], "slice_axes": [0, 2], "synthetic": 0.5},
+            {"name": "head", "kind": "images", "files": [str(tmp_path / "head.nii.gz")],
+             "slice_axes": [2], "synthetic": 0.5}],
+            "patch": 10, "randomise": {}, "degradations": {"thick_slice": 0.5}, **data},
+        "curriculum": [{"name": "full", "steps": 50, "scale_range": [1.5, 3.0],
+                        "reference": {"hr": 0.4, "lr": 0.2, "own": 0.4}}],
+        "optim": {"batch_size": 3}, "run": {"seed": 2}, "output": str(tmp_path / "run")}
+    return from_dict(TrainConfig, base)
+
+
+def test_sources_give_deterministic_stackable_batches(tmp_path):
+    cfg = _source_config(tmp_path)
+    volumes = SliceVolumes.load(cfg.data)
+    # Two training patients (the last is the test split), every ordered pair of 3 contrasts.
+    assert len(volumes.sources[0].volumes) == 2 and len(volumes.sources[0].volumes[0].pairs) == 6
+    task = SlicePatchTask(cfg, volumes)
+    thick = iso = 0
+    for step in range(20):
+        batch = task.batch(step)
+        assert batch["lr"].shape[-2:] == (10, 10) and torch.isfinite(batch["hr"]).all()
+        assert batch["ref"].shape[0] == 3 and float(batch["ref"].abs().sum()) > 0
+        hr_shape = batch["hr"].shape[-2:]
+        if hr_shape[0] != hr_shape[1]:
+            thick += 1
+            assert min(hr_shape) == 10  # one axis at full resolution
+        else:
+            iso += 1
+        loss, _ = task.loss(create_model("dualarbnet", **TINY), batch)
+        assert torch.isfinite(loss)
+    assert thick and iso
+    a, b = task.batch(7), task.batch(7)
+    for key in ("lr", "hr", "ref"):
+        torch.testing.assert_close(a[key], b[key])
+
+
+def test_source_validation_names_the_problem(tmp_path):
+    from mrisr.errors import ConfigError
+    with pytest.raises(ConfigError, match="pairs"):
+        _source_config(tmp_path, sources=[{"name": "b", "kind": "brats",
+                                            "pairs": [["t2", "t2"]]}])
+    with pytest.raises(ConfigError, match="files"):
+        _source_config(tmp_path, sources=[{"name": "h", "kind": "images"}])
+
+
+# -- test-time adaptation ----------------------------------------------------------------------
+def test_pair_setup_for_inplane_and_thick_slices():
+    assert pair_setup((2, 2, 1), 2) == ("inplane", 2, 2.0)
+    assert pair_setup((1, 1, 5), 1) == ("thick_slice", 2, 5.0)
+    assert pair_setup((3, 3, 3), 2) == ("inplane", 2, 3.0)
+
+
+def test_adaptation_lowers_the_self_supervised_loss_and_copies_the_model():
+    torch.manual_seed(0)
+    ph = make_brain_phantom(shape=(64, 64, 8), voxel_size=(2, 2, 4), seed=1)
+    lr = np.abs(degrade(ph.t2w, (2, 2, 1), kind="kspace"))
+    ref = np.abs(degrade(ph.t1w, (2, 2, 1), kind="kspace"))
+    model = create_model("dualarbnet", **TINY)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    # Held-out pairs of the same kind: steps beyond those the adaptation draws.
+    cfg = adapt_config("inplane", 2.0, 200, 4, 12, 1e-3, seed=0)
+    volume = TrainingVolume("input", {"target": lr, "reference": ref}, lr > 0.05 * lr.max(),
+                            [("target", "reference")])
+    from mrisr.training.config import SourceSpec
+    task = SlicePatchTask(cfg, SliceVolumes.from_sources(
+        [Source(SourceSpec(name="input", slice_axes=[2]), [volume])], 0.05, True))
+    held = [task.batch(s) for s in range(150, 156)]
+
+    def loss(net):
+        with torch.no_grad():
+            return float(np.mean([float(task.loss(net, b)[0]) for b in held]))
+    result = adapt_model(model, lr, (2, 2, 1), 2, ref, steps=25, lr=1e-3, batch_size=4,
+                         patch=12)
+    assert loss(result.model) < 0.9 * loss(model)
+    assert result.describe()["steps"] == 25 and result.mode == "inplane"
+    for key, value in model.state_dict().items():  # the given model is not changed
+        torch.testing.assert_close(value, before[key], rtol=0, atol=0)
+    with pytest.raises(InputError):
+        adapt_model(model, lr, (2, 2, 1), 2, None, steps=2)
+
+
+def _phantom_files(tmp_path):
+    ph = make_brain_phantom(shape=(32, 32, 6), voxel_size=(2, 2, 4), seed=0)
+    lr, affine = degrade_volume(ph.t2w, ph.affine, (2, 2, 1))
+    save_nifti(lr, affine, tmp_path / "lr.nii.gz")
+    save_nifti(ph.t1w, ph.affine, tmp_path / "t1.nii.gz")
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "tiny.pt", create_model("dualarbnet", **TINY))
+    return tmp_path / "lr.nii.gz", tmp_path / "t1.nii.gz", tmp_path / "tiny.pt"
+
+
+def test_upscale_with_adaptation_keeps_grid_and_atomic_writing(tmp_path):
+    lr, t1, ckpt = _phantom_files(tmp_path)
+    plain = upscale_file(lr, tmp_path / "plain.nii.gz", t1, model=str(ckpt), scale=(2, 2, 1))
+    adapted = upscale_file(lr, tmp_path / "adapted.nii.gz", t1, model=str(ckpt),
+                           scale=(2, 2, 1), adapt=3)
+    assert adapted.shape == plain.shape == (32, 32, 6)
+    np.testing.assert_allclose(adapted.affine, plain.affine)
+    side = json.loads((tmp_path / "adapted.json").read_text())
+    assert side["adapt"]["steps"] == 3 and side["adapt"]["mode"] == "inplane"
+    assert not np.allclose(np.asarray(adapted.dataobj), np.asarray(plain.dataobj))
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert not [n for n in names if n.startswith(".")], names
+
+
+def test_upscale_adapt_errors_are_one_line(tmp_path, capsys):
+    lr, t1, ckpt = _phantom_files(tmp_path)
+    assert main(["upscale", str(lr), "--ref", str(t1), "--scale", "2,2,1", "-o",
+                 str(tmp_path / "o.nii.gz"), "--model", "cubic", "--adapt", "3", "-q"]) == 2
+    assert "--adapt fine-tunes 2D models" in capsys.readouterr().err
+    assert not (tmp_path / "o.nii.gz").exists()
+    with pytest.raises(SystemExit) as exc:
+        main(["upscale", str(lr), "--scale", "2", "-o", str(tmp_path / "o.nii.gz"),
+              "--adapt", "-2"])
+    assert exc.value.code == 2 and "steps must be a whole number" in capsys.readouterr().err
+    vol = load_nifti(lr)
+    with pytest.raises(InputError, match="adapt"):
+        upscale(vol, load_nifti(t1), scale=(2, 2, 1), model=str(ckpt), adapt=-1)
+    assert nib.load(str(lr)).shape == (16, 16, 6)  # the input is untouched
