@@ -17,18 +17,30 @@ from pathlib import Path
 import torch
 import yaml
 
-from mrisr.models.checkpoint import load_checkpoint
+from mrisr.models.checkpoint import describe, load_checkpoint
+from mrisr.models.registry import PRESETS, create_model
 
 
 def main(run: str, name: str, config: str | None = None) -> None:
     src = Path(run) / "final.pt"
     loaded = load_checkpoint(src)
     preset = loaded.payload["model"].get("preset")
-    if preset != name:
-        raise SystemExit(f"{src}: checkpoint is of preset {preset!r}, not {name!r}")
     out_dir = Path(__file__).resolve().parents[1] / "src" / "mrisr" / "weights"
     out_dir.mkdir(exist_ok=True)
-    shutil.copyfile(src, out_dir / f"{name}.pt")
+    if preset == name:
+        shutil.copyfile(src, out_dir / f"{name}.pt")
+    else:
+        # A run of another preset of the same architecture and arguments (e.g. dualarbnet_s
+        # trained as dualarbnet_robust) ships under the new name; anything else is refused.
+        target = PRESETS.get(name)
+        if target is None or target.architecture != loaded.payload["model"]["architecture"] \
+                or describe(create_model(name))["args"] != loaded.payload["model"]["args"]:
+            raise SystemExit(f"{src}: checkpoint is of preset {preset!r}, not {name!r}")
+        payload = torch.load(src, weights_only=True)
+        payload["model"]["preset"] = name
+        payload["train_config"]["model"]["name"] = name
+        torch.save(payload, out_dir / f"{name}.pt")
+        loaded = load_checkpoint(out_dir / f"{name}.pt")
     torch.load(out_dir / f"{name}.pt", weights_only=True)
     cfg = loaded.payload["train_config"]
     header = (f"# Training config of the shipped {name} weights (step {loaded.payload['step']}, "

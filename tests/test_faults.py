@@ -119,8 +119,11 @@ def wait_for(condition, proc: subprocess.Popen, timeout: float = 120.0) -> None:
         time.sleep(0.005)
 
 
-def has_part(folder: Path):
-    return lambda: any(".part" in name for name in os.listdir(folder))
+def has_part(folder: Path, output: str):
+    """Whether the temporary file of ``output`` exists: the run is past its checks and its
+    set-up, and writing (the checks' own probe file in the folder has another name)."""
+    return lambda: any(n.startswith(f".{output}.mrisr-") and ".part" in n
+                       for n in os.listdir(folder))
 
 
 @pytest.fixture(scope="module")
@@ -168,7 +171,8 @@ BAD_INPUTS = {
                                []),
     "list_names_collide": (["upscale", "collide.txt", "--scale", "2", "-o", "out"],
                            ["collide.txt", "a/t2.nii.gz", "b/t2.nii.gz", "same name"], []),
-    "binary_list": (["upscale", "list.png", "--scale", "2", "-o", "out"], ["list.png"], []),
+    "binary_list": (["upscale", "list.png", "--scale", "2", "-o", "out"],
+                    ["list.png", "neither a NIfTI file"], []),
     "degrade_below_1": (["degrade", "in.nii.gz", "--scale", "0.5", "-o", "d.nii.gz"],
                         ["--scale", "--allow-upsampling"], []),
     "degrade_too_far": (["degrade", "in.nii.gz", "--scale", "1000", "-o", "d.nii.gz"],
@@ -215,12 +219,15 @@ def test_listings_and_early_errors_do_not_import_torch(case):
 def test_listed_names_equal_the_registries():
     from mrisr.cli import catalog
     from mrisr.degradation import DEGRADATIONS
-    from mrisr.evaluation.methods import available_methods
+    from mrisr.evaluation.methods import _REGISTRY, available_methods
     from mrisr.evaluation.metrics import PROTOCOLS
     from mrisr.inference.upscale import INTERPOLATION_MODELS
     from mrisr.models.registry import PRESETS, weights_path
 
-    assert list(catalog.METHODS) == available_methods()
+    available_methods()  # loads the plug-ins
+    ours = sorted(n for n, factory in _REGISTRY.items()  # other tests register their own
+                  if factory.__module__.startswith("mrisr."))
+    assert list(catalog.METHODS) == ours
     assert list(catalog.PROTOCOLS) == list(PROTOCOLS)
     assert catalog.degradations() == list(DEGRADATIONS)
     assert list(catalog.INTERPOLATIONS) == list(INTERPOLATION_MODELS)
@@ -334,6 +341,8 @@ def batch(tmp_path):
     (folder / "b_data_cut.nii.gz").write_bytes(full[:len(full) * 2 // 3])  # header intact
     (folder / "c_not_nifti.nii.gz").write_bytes(b"not a NIfTI file")
     volume(folder / "d.nii.gz", seed=3)
+    # What a killed run left: hidden, so not an input.
+    (folder / ".d.nii.gz.mrisr-0badc0de-1.abcd1234.part.nii.gz").write_bytes(b"partial")
     return folder
 
 
@@ -378,11 +387,12 @@ def test_batch_output_names_are_checked_before_the_first_volume(tmp_path, capsys
 def test_stale_temporaries_are_removed_or_reported_by_the_next_run(case, capsys):
     gone = dead_pid()
     me, host = os.getpid(), host_id()
-    stale = [f".x.nii.gz.mrisr-{host}-{gone}.abcd1234.part.nii.gz", f".mrisr-{host}-{gone}-zz9_y8x7",
-             ".x.nii.gz.mrisr-lock", f".old.json.mrisr-{host}-{me}.abcd1234.part.json"]
+    stale = [f".x.nii.gz.mrisr-{host}-{gone}.abcd1234.part.nii.gz",
+             f".mrisr-{host}-{gone}-zz9_y8x7", ".x.nii.gz.mrisr-lock",
+             f".old.json.mrisr-{host}-{me}.abcd1234.part.json"]
     live = [f".y.nii.gz.mrisr-{host}-{me}.abcd1234.part.nii.gz", ".y.nii.gz.mrisr-lock"]
-    unknown = [".z.nii.gz.mrisr-0badc0de-1.abcd1234.part.nii.gz", ".z.nii.gz.k2j4h5g6.part.nii.gz",
-               ".mrisr-k2j4h5g6"]
+    unknown = [".z.nii.gz.mrisr-0badc0de-1.abcd1234.part.nii.gz",
+               ".z.nii.gz.k2j4h5g6.part.nii.gz", ".mrisr-k2j4h5g6"]
     other = [".hidden", ".x.nii.gz.part"]
     for name in stale + live + unknown + other:
         (case / name).mkdir() if name.startswith(".mrisr-") else (case / name).write_text("")
@@ -410,7 +420,7 @@ def test_second_writer_is_locked_out_and_sigterm_cleans_up(slow_series, tmp_path
     volume(tmp_path / "small.nii.gz")
     first = start("upscale", slow_series, "--scale", "2", "--model", "cubic", "-o",
                   out / "sr.nii.gz", "-q")
-    wait_for(has_part(out), first)
+    wait_for(has_part(out, "sr.nii.gz"), first)
     # A second run writing the same output (even with --overwrite) fails at once.
     second = subprocess.run(MRISR + ["upscale", str(tmp_path / "small.nii.gz"), "--scale", "2",
                                      "--model", "cubic", "-o", str(out / "sr.nii.gz"), "-q",
@@ -431,7 +441,7 @@ def test_sigkill_leftovers_are_removed_by_the_next_run(slow_series, tmp_path, ca
     out.mkdir()
     proc = start("upscale", slow_series, "--scale", "2", "--model", "cubic", "--memmap", "-o",
                  out / "sr.nii.gz", "-q")
-    wait_for(has_part(out), proc)
+    wait_for(has_part(out, "sr.nii.gz"), proc)
     proc.send_signal(signal.SIGKILL)
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL

@@ -174,8 +174,8 @@ def _sweep(folder) -> None:
               f"{os.path.abspath(folder)} by interrupted runs: "
               f"{', '.join(p.name for p in removed)}", file=sys.stderr)
     for path in unknown:
-        print(f"mrisr: warning: {os.path.abspath(path)}: temporary file of an interrupted mrisr run (another "
-              "host's or an older version's); remove it if no run is writing it",
+        print(f"mrisr: warning: {os.path.abspath(path)}: temporary file of an interrupted mrisr "
+              "run (another host's or an older version's); remove it if no run is writing it",
               file=sys.stderr)
 
 
@@ -191,10 +191,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         # 3D diffusion SR (CSR-dMRI Table 1 layout and tensor fidelity).
         from mrisr.evaluation.dmri import DmriEvaluateConfig, evaluate_dmri, write_dmri_report
         dcfg = from_dict(DmriEvaluateConfig, data, source=str(path))
+        if Path(args.output or dcfg.output).is_dir():
+            _sweep(args.output or dcfg.output)
         result = evaluate_dmri(dcfg, show_progress=not args.quiet)
         paths = write_dmri_report(result, Path(args.output or dcfg.output))
     else:
         cfg = from_dict(EvaluateConfig, data, source=str(path))
+        if Path(args.output or cfg.output).is_dir():
+            _sweep(args.output or cfg.output)
         result = evaluate(cfg, show_progress=not args.quiet)
         paths = write_report(result, Path(args.output or cfg.output))
     print(Path(paths["table"]).read_text())
@@ -273,7 +277,9 @@ def _upscale_jobs(args) -> list[tuple[Path, Optional[Path], Path]]:
     if target.is_file() and is_nifti_path(target):
         return [(target, Path(args.ref) if args.ref else None, out)]
     if target.is_dir():
-        pairs = [(p, None) for p in sorted(target.iterdir()) if is_nifti_path(p)]
+        # Hidden files are skipped: among them, temporaries of interrupted runs.
+        pairs = [(p, None) for p in sorted(target.iterdir())
+                 if is_nifti_path(p) and not p.name.startswith(".")]
         if args.ref:
             raise InputError(f"{target}: --ref applies to one target; for a batch give a list "
                              "file with 'target reference' per line")
@@ -475,6 +481,8 @@ def cmd_phantom(args: argparse.Namespace) -> int:
     from mrisr.data.phantom import write_phantom
 
     out = Path(args.output)
+    if out.is_dir():
+        _sweep(out)
     written = write_phantom(out, seed=args.seed, overwrite=args.overwrite)
     for p in written:
         print(f"wrote {p}")
@@ -492,7 +500,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         bar.refresh()
     try:
         result = run_demo(args.output, scale=args.scale, device=args.device,
-                          progress=bar.update, on_start=grow, log=bar.write)
+                          progress=bar.update, on_start=grow, log=bar.write, case=args.case)
     finally:
         bar.close()
     print(result["table"])
@@ -571,15 +579,16 @@ def build_parser() -> argparse.ArgumentParser:
                    "interpolation baseline: nearest, linear, cubic, kspace_zerofill (default: "
                    "csr_dmri_s for a 4D series with --ref when its weights are shipped, else "
                    "dualarbnet_s with --ref, liif_s without)")
-    p.add_argument("--plane", default="auto", choices=["auto", "axial", "coronal", "sagittal",
-                                                       "0", "1", "2"], help="slice plane for 2D models: auto, axial, "
-                   "coronal, sagittal or an axis 0/1/2 (default auto: the plane of the largest "
-                   "upscaling factors, i.e. the acquisition plane for in-plane upscaling)")
+    p.add_argument("--plane", default="auto",
+                   choices=["auto", "axial", "coronal", "sagittal", "0", "1", "2"],
+                   help="slice plane for 2D models: auto, axial, coronal, sagittal or an axis "
+                   "0/1/2 (default auto: the plane of the largest upscaling factors, i.e. the "
+                   "acquisition plane for in-plane upscaling)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=_positive_int, help="CPU threads")
-    p.add_argument("--tile", type=_positive_int, default=256, help="output tile size in voxels of 2D "
-                   "models (bounded memory; results equal the untiled ones); 3D models tile "
-                   "their encoder and decode in chunks of points by themselves")
+    p.add_argument("--tile", type=_positive_int, default=256, help="output tile size in "
+                   "voxels of 2D models (bounded memory; results equal the untiled ones); 3D "
+                   "models tile their encoder and decode in chunks of points by themselves")
     p.add_argument("--memmap", action="store_true", help="keep the output array on disk "
                    "(memory-mapped) instead of in memory")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
@@ -628,7 +637,11 @@ def build_parser() -> argparse.ArgumentParser:
                        "shipped models and cubic interpolation (no data needed)")
     p.add_argument("-o", "--output", default="mrisr-demo", help="output folder (default: "
                    "./mrisr-demo)")
-    p.add_argument("--scale", type=float, default=2.0, help="in-plane factor (default 2)")
+    p.add_argument("--case", default="thick", choices=["thick", "inplane"],
+                   help="thick: the T2w averaged into thick slices and upscaled through-plane "
+                   "(default); inplane: k-space crop in-plane")
+    p.add_argument("--scale", type=float, default=4.0, help="slice-thickness (thick) or "
+                   "in-plane factor (default 4)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)

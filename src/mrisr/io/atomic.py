@@ -34,17 +34,17 @@ _RAND = r"[a-z0-9_]{8}"
 _OWNED_FILE = re.compile(rf"^\..+\.mrisr-([0-9a-f]{{8}})-(\d+)\.{_RAND}\.part(\.[^.]+)*$")
 _OWNED_DIR = re.compile(rf"^\.mrisr-([0-9a-f]{{8}})-(\d+)-{_RAND}$")
 _LOCK = re.compile(r"^\..+\.mrisr-lock$")
-# Names of mrisr < 0.2 (no owner in the name): reported, never removed.
+# Names of earlier mrisr versions (no owner in the name): reported, never removed.
 _LEGACY = re.compile(rf"^(\..+\.{_RAND}\.part(\.[^.]+)*|\.mrisr-{_RAND})$")
 # A lock without owner (killed between creating and filling it) is stale after this long.
 _EMPTY_LOCK_SECONDS = 60.0
 
 
 def format_size(n_bytes: float) -> str:
-    """``950 B``, ``12.3 kB``, ``4.56 MB``, ``1.20 GB`` (decimal units, 3 significant digits)."""
+    """``950 B``, ``12.3 kB``, ``4.56 MB``, ``1.2 GB`` (decimal units, 3 significant digits)."""
     value = float(n_bytes)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(value) < 1000 or unit == "TB":
+    for unit in ("B", "kB", "MB", "GB", "TB", "PB"):
+        if abs(value) < 999.5 or unit == "PB":
             return f"{value:.0f} B" if unit == "B" else f"{value:.3g} {unit}"
         value /= 1000
     raise AssertionError("unreachable")

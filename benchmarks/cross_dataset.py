@@ -1,0 +1,153 @@
+#!/usr/bin/env python
+"""The cross-dataset evaluation of docs/BENCHMARKS.md ("Scans unlike the training data").
+
+    python benchmarks/cross_dataset.py run [--group baselines|robust|all] [--sets ...]
+    python benchmarks/cross_dataset.py table            # Markdown from results/cross/
+
+``run`` evaluates the methods of a group on the test sets of ``configs/cross/`` (in-plane sets
+with the k-space crop and with the Gaussian PSF; ``thick`` with box slice profiles) through
+:func:`mrisr.evaluation.evaluate`, the function behind ``mrisr evaluate``, and writes each
+result to ``results/cross/<set>-<degradation>-<group>/``. The groups can run at different
+times (e.g. the baselines while the new models train); ``table`` joins them: one table per
+degradation, rows = methods, columns = test set x scale (PSNR / SSIM), then the default model's
+gain over zero-filled k-space and over cubic interpolation.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "results" / "cross"
+INPLANE_SETS = ("brats", "ixi", "head", "phantom")
+DEGRADATIONS = ("kspace", "gaussian")
+#: The default of `mrisr upscale` with --ref after this evaluation, whose gains are tabulated.
+DEFAULT = "Dual-ArbNet robust + projection"
+NO_REF_DEFAULT = "LIIF robust + projection"
+ADAPT_STEPS = 40
+
+
+def methods(group: str, adapt: bool) -> list[dict]:
+    baselines = [
+        {"name": "cubic"},
+        {"name": "kspace_zerofill"},
+        {"name": "model", "args": {"model": "liif_s"}, "label": "LIIF (liif_s, before)"},
+        {"name": "model", "args": {"model": "dualarbnet_s"},
+         "label": "Dual-ArbNet (dualarbnet_s, before)"},
+    ]
+    robust = [
+        {"name": "model", "args": {"model": "liif_robust", "consistency": "auto"},
+         "label": NO_REF_DEFAULT},
+        {"name": "model", "args": {"model": "dualarbnet_robust"},
+         "label": "Dual-ArbNet robust, no projection"},
+        {"name": "model", "args": {"model": "dualarbnet_robust", "consistency": "auto"},
+         "label": DEFAULT},
+    ]
+    if adapt:
+        robust.append({"name": "model", "args": {"model": "dualarbnet_robust",
+                                                 "consistency": "auto", "adapt": ADAPT_STEPS},
+                       "label": f"{DEFAULT} + adapt {ADAPT_STEPS}"})
+    return {"baselines": baselines, "robust": robust, "all": baselines + robust}[group]
+
+
+def jobs(sets: list[str]) -> list[tuple[str, str]]:
+    out = [(s, d) for s in sets if s in INPLANE_SETS for d in DEGRADATIONS]
+    if "thick" in sets:
+        out.append(("thick", "thick_slice"))
+    return out
+
+
+def run(group: str, sets: list[str], threads: int) -> None:
+    import torch
+
+    from mrisr.config import from_dict, load_yaml
+    from mrisr.evaluation.harness import EvaluateConfig, evaluate
+    from mrisr.evaluation.report import write_report
+
+    torch.set_num_threads(threads)
+    for name, degradation in jobs(sets):
+        data = load_yaml(REPO / "configs" / "cross" / f"{name}.yaml")
+        data["degradation"] = degradation
+        # Adaptation is measured on the k-space crop and on thick slices (its cost is high).
+        data["methods"] = methods(group, adapt=degradation != "gaussian")
+        cfg = from_dict(EvaluateConfig, data, source=f"{name}.yaml")
+        out = RESULTS / f"{name}-{degradation}-{group}"
+        print(f"== {name} {degradation} {group} -> {out}", flush=True)
+        result = evaluate(cfg, show_progress=False)
+        write_report(result, out)
+        print((out / "table.md").read_text(), flush=True)
+
+
+def _read(name: str, degradation: str) -> list[dict]:
+    rows = []
+    for folder in sorted(RESULTS.glob(f"{name}-{degradation}-*")):
+        with (folder / "cases.csv").open() as f:
+            rows += list(csv.DictReader(f))
+    return rows
+
+
+def _means(rows: list[dict]) -> dict:
+    acc = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        acc[r["method"]][r["scale"]].append((float(r["psnr"]), float(r["ssim"])))
+    return {m: {s: tuple(np.mean(v, axis=0)) for s, v in per.items()} for m, per in acc.items()}
+
+
+def table() -> str:
+    blocks = []
+    for degradation, sets in (("kspace", INPLANE_SETS), ("gaussian", INPLANE_SETS),
+                              ("thick_slice", ("thick",))):
+        cols, means, order = [], {}, []
+        for name in sets:
+            rows = _read(name, degradation)
+            if not rows:
+                continue
+            means[name] = _means(rows)
+            scales = list(dict.fromkeys(r["scale"] for r in rows))
+            cols += [(name, s) for s in scales]
+            order += [m for m in dict.fromkeys(r["method"] for r in rows) if m not in order]
+        if not cols:
+            continue
+        head = "| method | " + " | ".join(f"{n} x{s}" for n, s in cols) + " |"
+        lines = [f"**{degradation}** (PSNR dB / SSIM)", "", head,
+                 "|---|" + "---|" * len(cols)]
+        for m in order:
+            cells = [means[n].get(m, {}).get(s) for n, s in cols]
+            lines.append(f"| {m} | " + " | ".join(
+                f"{c[0]:.2f} / {c[1]:.3f}" if c else "-" for c in cells) + " |")
+        for label in (DEFAULT, NO_REF_DEFAULT, f"{DEFAULT} + adapt {ADAPT_STEPS}"):
+            for base in ("kspace_zerofill", "cubic"):
+                cells = []
+                for n, s in cols:
+                    a, b = means[n].get(label, {}).get(s), means[n].get(base, {}).get(s)
+                    cells.append(f"{a[0] - b[0]:+.2f}" if a and b else "-")
+                if any(c != "-" for c in cells):
+                    lines.append(f"| gain of {label} over {base} (dB) | " + " | ".join(cells)
+                                 + " |")
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run")
+    p.add_argument("--group", default="all", choices=["baselines", "robust", "all"])
+    p.add_argument("--sets", default=",".join(INPLANE_SETS + ("thick",)))
+    p.add_argument("--threads", type=int, default=2)
+    sub.add_parser("table")
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        run(args.group, args.sets.split(","), args.threads)
+    else:
+        print(table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
