@@ -2,9 +2,15 @@
 T1 reference, in-plane x2, x3 and x4, each in a fresh process.
 
     python benchmarks/upscale_speed.py --threads 2 --scales 2,3,4
+    python benchmarks/upscale_speed.py --threads 1 --scales 2,4 --slices 6 --repeats 3 \
+        --old-src /tmp/old/src        # side by side with another checkout
 
-Peak memory is the process's maximum resident set size (ru_maxrss). Data: $MRISR_DATA
-(default ../shared/data).
+Peak memory is the process's maximum resident set size (ru_maxrss). ``--slices N`` upscales a
+central slab of N slices (written to a temporary folder first; the per-slice work is the
+whole volume's). ``--old-src`` names the ``src`` folder of another checkout (e.g. ``git
+worktree add /tmp/old HEAD~1``): each run of this tree is followed by one of that checkout
+(``PYTHONPATH``), ``--repeats`` times, and the best time and the largest peak of each are
+reported with their ratio. Data: $MRISR_DATA (default ../shared/data).
 """
 from __future__ import annotations
 
@@ -26,14 +32,21 @@ sys.exit(code)
 """
 
 
-def run(target: Path, ref: Path, scale: float, threads: int, tile: int, out_dir: Path) -> dict:
+def run(target: Path, ref: Path, scale: float, threads: int, tile: int, out_dir: Path,
+        model: str | None = None, src: str | None = None) -> dict:
     out = out_dir / f"sr_x{scale:g}.nii"
-    cmd = [sys.executable, "-c", CHILD, "upscale", str(target), "--ref", str(ref), "--scale",
+    cmd = [sys.executable, "-c", CHILD, "upscale", str(target), "--scale",
            f"{scale},{scale},1", "-o", str(out), "--threads", str(threads), "--tile", str(tile),
            "--overwrite", "-q", "--device", "cpu"]
+    if model is None or model.startswith("dualarbnet"):
+        cmd += ["--ref", str(ref)]
+    if model is not None:
+        cmd += ["--model", model]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    if src:
+        env["PYTHONPATH"] = os.pathsep.join([src, env.get("PYTHONPATH", "")])
     t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True,
-                          env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         raise SystemExit(proc.stderr)
@@ -45,17 +58,63 @@ def run(target: Path, ref: Path, scale: float, threads: int, tile: int, out_dir:
             "output_mb": round(size / 2**20)}
 
 
+def side_by_side(args, target: Path, ref: Path, tmp: Path) -> None:
+    print(f"{args.model or 'default model'}, {args.threads} threads, tile {args.tile}, "
+          f"{args.slices or 'all'} slices, best time / largest peak of {args.repeats}")
+    print("| in-plane scale | this tree (s) | old (s) | speed-up | this tree peak RSS (MB) | "
+          "old peak RSS (MB) |")
+    print("|---|---|---|---|---|---|")
+    for s in (float(v) for v in args.scales.split(",")):
+        new, old = [], []
+        for _ in range(args.repeats):
+            new.append(run(target, ref, s, args.threads, args.tile, tmp, args.model))
+            old.append(run(target, ref, s, args.threads, args.tile, tmp, args.model,
+                           args.old_src))
+            print(json.dumps({"new": new[-1], "old": old[-1]}), file=sys.stderr, flush=True)
+        tn, to = min(r["seconds"] for r in new), min(r["seconds"] for r in old)
+        print(f"| x{s:g} | {tn} | {to} | {to / tn:.2f}x | "
+              f"{max(r['peak_rss_mb'] for r in new)} | {max(r['peak_rss_mb'] for r in old)} |",
+              flush=True)
+
+
 def main() -> None:
+    import nibabel as nib
+    import numpy as np
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--scales", default="2,3,4")
     parser.add_argument("--tile", type=int, default=256)
     parser.add_argument("--subject", default="Brats18_TCIA13_623_1")
+    parser.add_argument("--model", default=None, help="--model of mrisr upscale (default: its)")
+    parser.add_argument("--slices", type=int, default=0, help="central slab (0: all slices)")
+    parser.add_argument("--old-src", default=None, help="src folder of another checkout")
+    parser.add_argument("--repeats", type=int, default=1)
     args = parser.parse_args()
     root = Path(os.environ.get("MRISR_DATA", "../shared/data")) / "brats18-tcia" / args.subject
     target, ref = root / f"{args.subject}_t2.nii.gz", root / f"{args.subject}_t1.nii.gz"
     if not target.exists():
         raise SystemExit(f"{target}: not found (set MRISR_DATA)")
+    if args.slices or args.old_src:
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.slices:
+                paths = []
+                for path in (target, ref):
+                    img = nib.load(str(path))
+                    z0 = img.shape[2] // 2 - args.slices // 2
+                    affine = img.affine.copy()
+                    affine[:3, 3] = img.affine[:3, :3] @ [0, 0, z0] + img.affine[:3, 3]
+                    data = np.asarray(img.dataobj, np.float32)[:, :, z0:z0 + args.slices]
+                    paths.append(Path(tmp) / path.name.replace(".nii.gz", ".nii"))
+                    nib.save(nib.Nifti1Image(data, affine), str(paths[-1]))
+                target, ref = paths
+            if args.old_src:
+                side_by_side(args, target, ref, Path(tmp))
+                return
+            for s in (float(v) for v in args.scales.split(",")):
+                r = run(target, ref, s, args.threads, args.tile, Path(tmp), args.model)
+                print(json.dumps(r))
+        return
     print("| in-plane scale | output | time (s) | peak RSS (MB) | output file (MB) |")
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:

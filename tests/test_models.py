@@ -153,3 +153,121 @@ def test_grid_query_shape():
     assert unfold_neighbourhood(torch.rand(1, 2, 4, 5, 6)).shape == (1, 54, 4, 5, 6)
     np.testing.assert_equal(unfold_neighbourhood(torch.ones(1, 1, 3, 3))[0, :, 1, 1].numpy(),
                             np.ones(9))
+
+
+# -- fast paths against the direct transcriptions (docs/BENCHMARKS.md, "Speed") -----------------
+def _direct_block(block, x):
+    features = [x]
+    for layer in block.layers:
+        features.append(torch.relu(layer(torch.cat(features, dim=1))))
+    return x + block.fuse(torch.cat(features, dim=1))
+
+
+def _direct_rdn(rdn, x):
+    shallow = rdn.sfe1(x)
+    h = rdn.sfe2(shallow)
+    outputs = []
+    for block in rdn.blocks:
+        h = _direct_block(block, h)
+        outputs.append(h)
+    return rdn.gff(torch.cat(outputs, dim=1)) + shallow
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_fanned_out_dense_block_equals_concatenation_with_gradients(channels_last):
+    from mrisr.models.rdn import ResidualDenseBlock
+    torch.manual_seed(0)
+    block = ResidualDenseBlock(2, 6, 5, 3)
+    x = torch.randn(2, 6, 9, 11)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        torch.testing.assert_close(block(x), _direct_block(block, x), atol=1e-5, rtol=1e-5)
+    grads = []
+    for f in (block, lambda t: _direct_block(block, t)):
+        xi = x.clone().requires_grad_(True)
+        block.zero_grad()
+        (f(xi) ** 2).sum().backward()
+        grads.append([xi.grad] + [p.grad.clone() for p in block.parameters()])
+    for fast, direct in zip(*grads):
+        torch.testing.assert_close(fast, direct, atol=1e-4, rtol=1e-5)
+
+
+def _direct_dualarbnet(model, lr, ref, query):
+    """Dual-ArbNet as before the speed work: concatenating RDN, unfolded features, 1x1 stems."""
+    from mrisr.models.dual_arbnet import Encoded
+
+    def feats(img):
+        return unfold_neighbourhood(_direct_rdn(model.encoder, (img - 0.5) / 0.5))
+    t = feats(lr)
+    enc = Encoded(target_stem=model.stem_target(t), target_skip=model.skip_in(t),
+                  target_shape=tuple(lr.shape[2:]),
+                  target_image=lr if model.image_residual else None,
+                  reference_stem=model.stem_reference(feats(ref)),
+                  reference_shape=tuple(ref.shape[2:]))
+    x = sample_grid(enc.target_stem, query.target_positions, model.sampling) + \
+        sample_grid(enc.reference_stem, query.reference_positions, model.sampling)
+    h = torch.sin(model.idf_in(model._query_features(query, enc, x.dtype)))
+    for layer, modulation in zip(model.fusion, model.idf):
+        x = layer(x)
+        h = torch.sin(modulation(h) * x[:, :x.shape[1] // 2])
+    out = model.idf_out(h)
+    skip = model.skip_out(torch.relu(model.skip_mid(torch.relu(enc.target_skip))))
+    return out + sample_grid(skip, query.target_positions, "nearest") + \
+        sample_grid(lr, query.target_positions, "cubic")
+
+
+def test_dualarbnet_fast_paths_equal_the_direct_transcription_with_gradients():
+    model = create_model("dualarbnet", G0=8, D=2, C=3, G=6, fusion_channels=8, fusion_convs=1,
+                         skip_hidden=8, attention_reduction=4, sampling="nearest",
+                         image_residual="cubic")
+    torch.manual_seed(1)
+    for p in model.parameters():  # weights of a trained size, not the initial ones
+        p.data.normal_(0, 0.1)
+    lr, ref = torch.rand(2, 1, 9, 10), torch.rand(2, 1, 17, 21)
+    query = full_grid_query((9, 10), (19, 23), (17, 21))
+    with torch.inference_mode():
+        fast, direct = model(lr, ref, query), _direct_dualarbnet(model, lr, ref, query)
+    scale = float(direct.abs().max())
+    assert float((fast - direct).abs().max()) < 1e-5 * scale
+    grads = []
+    for f in (model, lambda *a: _direct_dualarbnet(model, *a)):
+        model.zero_grad()
+        (f(lr, ref, query) ** 2).mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    for fast_g, direct_g in zip(*grads):
+        torch.testing.assert_close(fast_g, direct_g, atol=1e-5 * float(direct_g.abs().max()),
+                                   rtol=1e-4)
+
+
+def _direct_liif(model, lr, query):
+    feat = unfold_neighbourhood(_direct_rdn(model.encoder, (lr - 0.5) / 0.5))
+    b, c, h, w = feat.shape
+    ys, xs = query.target_positions
+    points = torch.stack(torch.meshgrid(ys[0], xs[0], indexing="ij"), -1).reshape(1, -1, 2)
+    points = points.expand(b, -1, -1)
+    cell = (2.0 * query.target_spacing).float()[:, None, :].expand(b, points.shape[1], -1)
+    flat = feat.reshape(b, c, h * w)
+    preds, areas = [], []
+    for dy, dx in [(0, 0), (0, 1), (1, 0), (1, 1)]:
+        idx = torch.floor(points) + torch.tensor([dy, dx], dtype=points.dtype)
+        idx = torch.minimum(idx.clamp(min=0), torch.tensor([h - 1, w - 1], dtype=points.dtype))
+        codes = torch.gather(flat, 2, (idx[..., 0] * w + idx[..., 1]).long()[:, None]
+                             .expand(b, c, -1)).transpose(1, 2)
+        rel = 2.0 * (points - idx)
+        preds.append(model.mlp(torch.cat([codes, rel.float(), cell], -1)))
+        areas.append((rel[..., 0] * rel[..., 1]).abs().float() / 4 + 1e-9)
+    out = sum(p * a[..., None] for p, a in zip(preds, reversed(areas))) / sum(areas)[..., None]
+    return out.transpose(1, 2).reshape(b, -1, ys.shape[1], xs.shape[1])
+
+
+def test_liif_projected_codes_equal_the_direct_transcription():
+    torch.manual_seed(2)
+    model = create_model("liif", G0=8, D=1, C=3, G=6, hidden=[16, 12], chunk=37)
+    for p in model.parameters():
+        p.data.normal_(0, 0.1)
+    lr = torch.rand(2, 1, 7, 9)
+    query = full_grid_query((7, 9), (16, 20))
+    with torch.inference_mode():
+        fast, direct = model(lr, None, query), _direct_liif(model, lr, query)
+    assert float((fast - direct).abs().max()) < 1e-5 * float(direct.abs().max())

@@ -218,14 +218,14 @@ def test_safety_existing_outputs_interrupts_and_size_limits(tmp_path, monkeypatc
     assert code == 2 and "exists" in capsys.readouterr().err
     # An interrupted run leaves no partial output and no temporary file behind.
     calls = {"n": 0}
-    original = up.SliceUpscaler._slice
+    original = up.SliceUpscaler._batch
 
     def failing(self, *a):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
         return original(self, *a)
-    monkeypatch.setattr(up.SliceUpscaler, "_slice", failing)
+    monkeypatch.setattr(up.SliceUpscaler, "_batch", failing)
     assert main(["upscale", str(tmp_path / "t2.nii.gz"), "--scale", "2,2,1", "-o",
                  str(tmp_path / "x.nii.gz"), "-q"]) == 130
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sr.json", "sr.nii.gz", "t2.nii.gz"]
@@ -254,3 +254,36 @@ def test_batch_folder_and_sidecar(tmp_path, capsys):
         info = json.loads((tmp_path / "out" / f"s{i}.json").read_text())
         assert info["model"] == "liif_s" and info["mrisr_version"]
         assert info["output_voxel_size"] == pytest.approx([1.0, 1.0, 4.0])
+
+
+@pytest.mark.parametrize("keep_bytes,channel,spatial", [(0, True, True), (2 ** 30, True, True),
+                                                         (0, False, True), (0, True, False)])
+def test_layerwise_band_decoding_equals_untiled(keep_bytes, channel, spatial):
+    from mrisr.inference.tiling import decode_layerwise
+    torch.manual_seed(3)
+    model = create_model("dualarbnet", G0=8, D=1, C=2, G=8, fusion_channels=8, fusion_convs=2,
+                         skip_hidden=8, attention_reduction=4, channel_attention=channel,
+                         spatial_attention=spatial, sampling="linear").eval()
+    for p in model.parameters():
+        p.data.normal_(0, 0.1)
+    lr, ref = torch.rand(2, 1, 13, 11), torch.rand(2, 1, 20, 30)
+    query = full_grid_query((13, 11), (41, 29), (20, 30))
+    with torch.no_grad():
+        enc = model.encode(lr, ref)
+        full = model.decode(enc, query)
+        # bands of 3 rows (the layer's reach): every band's halo comes from updated neighbours
+        banded = decode_layerwise(model, enc, query, tile=9, keep_bytes=keep_bytes)
+    assert float((banded - full).abs().max()) < 1e-5 * float(full.abs().max())
+
+
+@shipped
+def test_batched_slices_equal_one_by_one():
+    from mrisr.inference.predict import predict_slice, predict_slices
+    ph = make_brain_phantom(shape=(24, 28, 3), voxel_size=(2, 2, 2))
+    model = create_model("dualarbnet_s", pretrained=True)
+    lrs = [ph.t2w[:, :, k] for k in range(3)]
+    refs = [ph.t1w[:, :, k] for k in range(3)]
+    batched = predict_slices(model, lrs, (48, 56), refs, tile=20)
+    for lr, ref, out in zip(lrs, refs, batched):
+        alone = predict_slice(model, lr, (48, 56), ref)
+        assert float(np.abs(out - alone).max()) < 1e-5 * float(np.abs(alone).max())

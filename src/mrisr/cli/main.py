@@ -384,6 +384,7 @@ def cmd_upscale(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from mrisr.inference.volume3d import DEFAULT_ADAPT_STEPS_3D, is_volume_model
     from mrisr.training.adapt import DEFAULT_ADAPT_STEPS
     adapt_steps = DEFAULT_ADAPT_STEPS if args.adapt == "default" else args.adapt
     written: list[Path] = []
@@ -409,11 +410,14 @@ def cmd_upscale(args: argparse.Namespace) -> int:
                 if key not in models:
                     models[key] = load_model(args.model, *key)
                 bar.set_description(f"upscale {target.name}", refresh=False)
+                steps = adapt_steps
+                if args.adapt == "default" and is_volume_model(models[key][0]):
+                    steps = DEFAULT_ADAPT_STEPS_3D
                 upscale_file(target, out, ref, overwrite=args.overwrite, memmap=args.memmap,
                              progress=bar.update, on_start=grow, loaded_model=models[key],
                              device=args.device, plane=args.plane, tile=args.tile, amp=args.amp,
                              register=args.register, consistency=args.consistency,
-                             adapt=adapt_steps, **size)
+                             adapt=steps, **size)
             except MrisrError as exc:
                 if not batch or args.fail_fast:
                     raise
@@ -603,10 +607,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "the others, k-space crop otherwise (2D models; default auto)")
     p.add_argument("--adapt", nargs="?", type=_adapt_steps, const="default", default=0,
                    metavar="STEPS",
-                   help="test-time adaptation (2D models): fine-tune a copy of the model on "
+                   help="test-time adaptation: fine-tune a copy of the model on "
                    "pairs made from the input itself (degraded again by the requested factor, "
-                   "with the reference at the input's resolution) before upscaling; STEPS "
-                   "defaults to about a minute of work on 2 CPU cores")
+                   "with the reference at the input's resolution) before upscaling; a 4D "
+                   "series with a 3D model: one copy fine-tuned on all its volumes. STEPS "
+                   "defaults to about a minute of work on 2 CPU cores for 2D models, "
+                   "100 steps for 3D models")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--fail-fast", action="store_true", help="batches: stop at the first input "
                    "that fails (default: go on with the others, then list what was written and "

@@ -58,21 +58,30 @@ def b0_indices(bvals: np.ndarray, threshold: float = 50.0) -> np.ndarray:
     return np.flatnonzero(np.asarray(bvals, dtype=np.float64) <= threshold)
 
 
-def select_shell(bvals: np.ndarray, bvalue: float = 1000.0, tolerance: float = 100.0,
+def select_shell(bvals: np.ndarray, bvalue: Optional[float] = 1000.0, tolerance: float = 100.0,
                  b0_threshold: float = 50.0) -> np.ndarray:
-    """Indices of the volumes of one shell: ``|b - bvalue| <= tolerance`` and not b=0.
+    """Indices of the volumes of one shell: ``|b - bvalue| <= tolerance`` and not b=0;
+    ``bvalue=None``: every diffusion-weighted volume (``b > b0_threshold``), whatever its shell.
 
     Raises :class:`InputError` naming the shells present when no volume matches.
     """
     b = np.asarray(bvals, dtype=np.float64).reshape(-1)
-    idx = np.flatnonzero((np.abs(b - float(bvalue)) <= float(tolerance)) & (b > b0_threshold))
+    weighted = b > b0_threshold
+    if bvalue is None:
+        idx = np.flatnonzero(weighted)
+        if idx.size == 0:
+            raise InputError("no diffusion-weighted volume (b > "
+                             f"{b0_threshold:g}) among the b-values present: "
+                             f"{_present_bvalues(b)}")
+        return idx
+    idx = np.flatnonzero((np.abs(b - float(bvalue)) <= float(tolerance)) & weighted)
     if idx.size == 0:
         raise InputError(f"no b={bvalue:g} shell (tolerance {tolerance:g}) among the b-values "
                          f"present: {_present_bvalues(b)}")
     return idx
 
 
-def normalise_by_b0(dwi: np.ndarray, bvals: np.ndarray, bvalue: float = 1000.0,
+def normalise_by_b0(dwi: np.ndarray, bvals: np.ndarray, bvalue: Optional[float] = 1000.0,
                     tolerance: float = 100.0, b0_threshold: float = 50.0,
                     mask: Optional[np.ndarray] = None, clip: Optional[float] = None
                     ) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +91,8 @@ def normalise_by_b0(dwi: np.ndarray, bvals: np.ndarray, bvalue: float = 1000.0,
         dwi: ``(X, Y, Z, N)`` series, any positive intensity units.
         bvals: ``(N,)`` b-values (s/mm^2).
         bvalue, tolerance, b0_threshold: the shell and the b=0 definition (see
-            :func:`select_shell`, :func:`b0_indices`).
+            :func:`select_shell`, :func:`b0_indices`); ``bvalue=None``: every
+            diffusion-weighted volume.
         mask: optional boolean ``(X, Y, Z)``; voxels outside it are set to 0.
         clip: optional upper bound of the attenuation (noise and motion between the b=0 and
             the diffusion-weighted volumes can produce ratios far above 1 near the brain edge).
@@ -332,15 +342,17 @@ def scale_t1(t1: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def load_dwi_subject(dwi_path: str | os.PathLike, t1_path: Optional[str | os.PathLike] = None,
-                     bvalue: float = 1000.0, tolerance: float = 100.0, register: bool = False,
+                     bvalue: Optional[float] = 1000.0, tolerance: float = 100.0,
+                     register: bool = False,
                      bval_path: Optional[str | os.PathLike] = None,
                      bvec_path: Optional[str | os.PathLike] = None,
                      mask_method: str = "auto", clip: Optional[float] = MAX_ATTENUATION,
                      name: Optional[str] = None) -> DwiSubject:
     """Load a DWI series (with its ``.bval``/``.bvec``) and optionally a T1w image.
 
-    The b=0 volumes give the mean b=0 and the brain mask; the ``bvalue`` shell is divided by the
-    mean b=0 (clipped at ``clip``); the T1w is resampled onto the DWI grid (rigidly registered
+    The b=0 volumes (interleaved or not) give the mean b=0 and the brain mask; the ``bvalue``
+    shell (``None``: every diffusion-weighted volume) is divided by the mean b=0 (clipped at
+    ``clip``); the T1w is resampled onto the DWI grid (rigidly registered
     to the mean b=0 with ``register``). See :class:`DwiSubject` for the result.
     """
     series = load_nifti(dwi_path, ndim=(4,))

@@ -20,6 +20,18 @@ over :func:`~mrisr.evaluation.metrics.evaluate_case`, protocol ``brainmask``):
   the SR and the HR series (with the HR mean b=0); mean absolute FA and MD (mm^2/s) errors and
   the principal direction's angular error (degrees) in white matter (``FA_HR > wm_fa``).
 
+Protocol ``signal`` (what a user's LR series is, :func:`evaluate_dmri_signal`): each subject's
+acquired series, every volume (b=0 included) degraded in signal space (``degradation``:
+``bicubic``, or ``bicubic_aa`` with a Gaussian anti-aliasing filter first), then upscaled back to
+the HR grid by each method through ``mrisr upscale``'s own path for a 4D series (3D models:
+:class:`~mrisr.inference.volume3d.SeriesUpscaler3D` with its brain mask, normalisation, T1w
+placement and registration, and with ``adapt`` the test-time adaptation of ``mrisr upscale
+--adapt``; 2D models: :func:`~mrisr.inference.upscale.upscale` volume by volume; interpolation
+baselines), as ``benchmarks/dmri_series_upscale.py`` does. Scored: PSNR/SSIM (protocol
+``brainmask``, signal units) of the diffusion-weighted volumes inside the brain mask of the HR
+mean b=0, and the tensor fitted to the whole upscaled series (its own b=0 volumes as S_0) against
+the fit to the HR series.
+
 Scales are labelled against the training range ``in_distribution``: integer scales inside it are
 in-distribution, scales outside it out-of-distribution, other scales inside it non-integer.
 Everything is deterministic (fixed degradation, models in evaluation mode).
@@ -45,6 +57,7 @@ from mrisr.evaluation.methods import SRCase, SRMethod, make_method
 from mrisr.evaluation.metrics import DEFAULT_WIN_SIZE
 from mrisr.evaluation.report import rows_to_csv, summarise
 from mrisr.grid import effective_scale
+from mrisr.io.nifti import Volume
 from mrisr.io.atomic import write_text_atomic
 from mrisr.progress import progress
 from mrisr.training.config import DwiSourceConfig
@@ -54,6 +67,10 @@ __all__ = ["DmriEvalData", "DmriEvaluateConfig", "DmriCase", "DmriEvaluationResu
            "tensor_markdown", "directions_markdown", "write_dmri_report"]
 
 REGIONS = ("holdout", "whole")
+PROTOCOLS = ("attenuation", "signal")
+#: Method names of the signal protocol that run a model through ``mrisr upscale``'s path.
+SERIES_METHODS = ("upscale", "model3d")
+SERIES_METHOD_ARGS = {"model", "adapt", "register", "t1", "device", "threads"}
 CATEGORY_TAGS = {"in-distribution": "", "out-of-distribution": " (OOD)",
                  "non-integer": " (non-int.)"}
 #: Tensor-fidelity metrics: (row key, column title, display factor, decimals).
@@ -68,6 +85,7 @@ class DmriEvalData(DwiSourceConfig):
 
     region: ``holdout`` (the slab given by ``holdout_axis``/``holdout_fraction``; use the
     training config's values) or ``whole`` (the whole volume: subjects never trained on).
+    With ``holdout`` (a subject's name, leave-one-scanner-out) only that subject is evaluated.
     """
 
     region: str = "holdout"
@@ -97,6 +115,19 @@ class DmriEvaluateConfig:
     methods: interpolation (``cubic``, ...) and 3D models (``model3d`` with ``args: {model:
         <preset or checkpoint>}``).
     tensor: also score the tensor fit (needs dipy). wm_fa: the white-matter threshold on FA_HR.
+    protocol: ``attenuation`` (the paper's: the HR attenuations degraded, methods given LR
+        attenuations) or ``signal`` (every volume of the acquired series degraded as a user's
+        LR series, methods run through ``mrisr upscale``'s series path; see the module
+        docstring). With ``signal`` a method is an interpolation name or ``upscale`` (alias
+        ``model3d``) with ``args``: ``model`` (anything ``mrisr upscale --model`` takes),
+        ``adapt`` (test-time adaptation steps, 0: none), ``register`` (T1w registration,
+        default: as the model's training), ``t1`` (false: do not give the T1w, e.g. a model
+        trained with T1w dropout run as on a series without one), ``device``; a method that
+        needs a T1w is skipped on a subject without one.
+    degradation: ``signal`` protocol: ``bicubic`` (cubic B-spline downsampling of each volume,
+        as benchmarks/dmri_series_upscale.py) or ``bicubic_aa`` (Gaussian filter first).
+    volumes: ``signal`` protocol: diffusion-weighted volumes scored per subject, evenly spaced
+        over the series (0: all); without ``tensor`` only those (and no b=0) are upscaled.
     """
 
     task: str = "dmri3d"
@@ -107,8 +138,31 @@ class DmriEvaluateConfig:
     tensor: bool = True
     wm_fa: float = 0.2
     output: str = "results/dmri"
+    protocol: str = "attenuation"
+    degradation: str = "bicubic"
+    volumes: int = 0
 
     def validate(self, source: str) -> None:
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(f"{source}: protocol must be {' or '.join(PROTOCOLS)}, got "
+                              f"'{self.protocol}'")
+        if self.degradation not in ("bicubic", "bicubic_aa"):
+            raise ConfigError(f"{source}: degradation must be bicubic or bicubic_aa, got "
+                              f"'{self.degradation}'")
+        if self.volumes < 0:
+            raise ConfigError(f"{source}: volumes must be >= 0")
+        if self.protocol == "signal":
+            from mrisr.inference.upscale import INTERPOLATION_MODELS
+            for m in self.methods:
+                if m.name not in SERIES_METHODS and m.name not in INTERPOLATION_MODELS:
+                    raise ConfigError(f"{source}: method '{m.display}': the signal protocol "
+                                      "runs interpolations "
+                                      f"({', '.join(INTERPOLATION_MODELS)}) and 'upscale' "
+                                      "(args: model, adapt, register, t1, device)")
+                unknown = set(m.args) - SERIES_METHOD_ARGS
+                if unknown:
+                    raise ConfigError(f"{source}: method '{m.display}': unknown args "
+                                      f"{', '.join(sorted(unknown))}")
         if self.task != "dmri3d":
             raise ConfigError(f"{source}: task must be dmri3d for the diffusion evaluation, got "
                               f"'{self.task}'")
@@ -125,7 +179,7 @@ class DmriEvaluateConfig:
         labels = [m.display for m in self.methods]
         if len(set(labels)) != len(labels):
             raise ConfigError(f"{source}: method labels must be unique ({', '.join(labels)})")
-        for m in self.methods:
+        for m in self.methods if self.protocol == "attenuation" else ():
             if m.name == "model":
                 raise ConfigError(f"{source}: method '{m.display}': 'model' runs 2D models "
                                   "slice by slice; 3D models are evaluated with 'model3d'")
@@ -167,7 +221,7 @@ def load_cases(d: DmriEvalData, use_t1: bool) -> list[DmriCase]:
     from mrisr.training.volumes import load_dwi_subjects, split_slab
 
     cases = []
-    for s in load_dwi_subjects(d, use_t1):
+    for s in load_dwi_subjects(d, use_t1, training=False):
         if d.region == "holdout":
             region = split_slab(s.shape, d.holdout_axis, d.holdout_fraction)[1]
         else:
@@ -226,8 +280,11 @@ def evaluate_dmri(cfg: DmriEvaluateConfig, methods: Optional[dict[str, SRMethod]
     """Run every method at every scale on every subject's region (see the module docstring).
 
     ``methods`` may pass already-built methods by label (e.g. a model being trained); otherwise
-    they are built from ``cfg.methods``.
+    they are built from ``cfg.methods``. ``protocol: signal`` goes to
+    :func:`evaluate_dmri_signal`.
     """
+    if cfg.protocol == "signal":
+        return evaluate_dmri_signal(cfg, methods, show_progress)
     built = methods if methods is not None else {
         m.display: make_method(m.name, m.args) for m in cfg.methods}
     need_t1 = any(m.uses_reference for m in built.values())
@@ -269,7 +326,231 @@ def evaluate_dmri(cfg: DmriEvaluateConfig, methods: Optional[dict[str, SRMethod]
     finally:
         bar.close()
     names = [f"{c.subject} ({'x'.join(str(n) for n in c.hr.shape[:3])} voxels, "
-             f"{c.hr.shape[3]} directions, b={cfg.dmri.bvalue:g})" for c in cases]
+             f"{c.hr.shape[3]} directions, {_shell_text(cfg.dmri, c.bvals)})" for c in cases]
+    return DmriEvaluationResult(rows, case_rows, tensor_rows, cfg, names)
+
+
+def _shell_text(d: DwiSourceConfig, bvals: np.ndarray) -> str:
+    if not d.all_shells:
+        return f"b={d.bvalue:g}"
+    shells = np.unique(np.round(np.asarray(bvals, dtype=np.float64) / 50.0) * 50.0)
+    return "b=" + "/".join(f"{b:g}" for b in shells)
+
+
+# -- the signal protocol: a user's LR series through mrisr upscale's path -------------------
+
+@dataclass
+class SeriesCase:
+    """One subject's acquired series for the ``signal`` protocol.
+
+    hr: float32 ``(X, Y, Z, N)`` signal, every volume. affine: its voxel-to-world.
+    bvals ``(N,)``, bvecs ``(3, N)``. b0: indices of the b=0 volumes; weighted: of the
+    diffusion-weighted volumes kept (the ``bvalue`` shell, or all with ``all_shells``);
+    scored: the subset scored. mask: bool ``(X, Y, Z)``, the brain of the HR mean b=0 (within
+    the held-out slab for ``region: holdout``). t1: the T1w image as on disk, or ``None``.
+    """
+
+    subject: str
+    hr: np.ndarray
+    affine: np.ndarray
+    bvals: np.ndarray
+    bvecs: np.ndarray
+    b0: np.ndarray
+    weighted: np.ndarray
+    scored: np.ndarray
+    mask: np.ndarray
+    t1: Optional[Volume]
+
+
+def load_series_cases(d: DmriEvalData, volumes: int = 0) -> list[SeriesCase]:
+    """The series of every evaluated subject of ``d`` (only the held-out one with
+    ``holdout``), raw: nothing normalised, the T1w as on disk."""
+    from mrisr.data.dwi import b0_indices, brain_mask, select_shell
+    from mrisr.io import load_nifti
+    from mrisr.io.dwi import companion_paths, read_bval_bvec
+    from mrisr.training.volumes import split_slab
+
+    raw = []
+    if d.kind == "phantom":
+        from mrisr.data.phantom import make_dwi_phantom
+        ph = make_dwi_phantom(tuple(d.phantom_shape), tuple(d.phantom_voxel_size),
+                              bvalue=d.bvalue, seed=d.phantom_seed, noise=d.phantom_noise)
+        raw.append((f"phantom-seed{d.phantom_seed}", np.asarray(ph.dwi, np.float32), ph.affine,
+                    ph.bvals, ph.bvecs, Volume(np.asarray(ph.t1w, np.float32), ph.affine)))
+    else:
+        for files in d.selected_subjects(training=False):
+            series = load_nifti(files.dwi, ndim=(4,))
+            bval, bvec = companion_paths(files.dwi)
+            bvals, bvecs = read_bval_bvec(files.bval or bval, files.bvec or bvec,
+                                          n_volumes=series.data.shape[3])
+            t1 = load_nifti(files.t1) if files.t1 else None
+            raw.append((files.label, np.asarray(series.data, np.float32), series.affine,
+                        bvals, bvecs, t1))
+    cases = []
+    for name, hr, affine, bvals, bvecs, t1 in raw:
+        b0 = b0_indices(bvals)
+        if b0.size == 0:
+            raise InputError(f"subject {name}: no b=0 volume; the signal protocol needs one")
+        weighted = select_shell(bvals, d.shell_bvalue, d.tolerance)
+        scored = weighted if not volumes or volumes >= weighted.size else \
+            weighted[np.linspace(0, weighted.size - 1, volumes).round().astype(int)]
+        mask = brain_mask(hr[..., b0].mean(axis=-1))
+        if d.region == "holdout":
+            slab = np.zeros_like(mask)
+            slab[split_slab(mask.shape, d.holdout_axis, d.holdout_fraction)[1]] = True
+            mask &= slab
+        if not mask.any():
+            raise InputError(f"subject {name}: no brain voxel in the evaluation region")
+        cases.append(SeriesCase(name, hr, np.asarray(affine, np.float64),
+                                np.asarray(bvals, np.float64), np.asarray(bvecs, np.float64),
+                                b0, weighted, np.asarray(scored), mask, t1))
+    return cases
+
+
+class SeriesMethod:
+    """A method of the ``signal`` protocol: what ``mrisr upscale [--model M] [--adapt N]`` does
+    to a 4D series, in memory (see :class:`DmriEvaluateConfig` for the arguments)."""
+
+    def __init__(self, spec: MethodSpec):
+        import torch
+
+        from mrisr.inference.upscale import INTERPOLATION_MODELS, load_model
+        from mrisr.inference.volume3d import is_volume_model
+
+        args = dict(spec.args)
+        name = spec.name if spec.name in INTERPOLATION_MODELS else args.get("model")
+        if not name:
+            raise ConfigError(f"method '{spec.display}': args.model is required")
+        if args.get("threads"):
+            torch.set_num_threads(int(args["threads"]))
+        self.adapt = int(args.get("adapt", 0) or 0)
+        self.register = args.get("register")
+        self.device = args.get("device", "auto")
+        self.pack = load_model(str(name), has_reference=True, series=True)
+        net = self.pack[0]
+        self.is_3d = is_volume_model(net)
+        self.interpolation = name in INTERPOLATION_MODELS
+        model_t1 = bool(getattr(net, "use_reference", False))
+        self.uses_reference = model_t1 and bool(args.get("t1", True))
+        # A T1w model given no T1w runs only when it was trained with T1w dropout.
+        self.needs_reference = model_t1 and not self.pack[1].get("t1_dropout")
+        if model_t1 and not self.uses_reference and self.needs_reference:
+            raise ConfigError(f"method '{spec.display}': args.t1 false, but the model was not "
+                              "trained with T1w dropout")
+        if self.adapt and self.interpolation:
+            raise ConfigError(f"method '{spec.display}': adapt needs a trained model")
+
+    def __call__(self, lr: Volume, t1: Optional[Volume], bvals: np.ndarray,
+                 out_shape: tuple, out_affine: np.ndarray, indices: np.ndarray
+                 ) -> tuple[np.ndarray, dict]:
+        """The volumes ``indices`` of the LR series upscaled to ``out_shape``:
+        ``((X, Y, Z, len(indices)), info)`` (info: adaptation seconds and losses)."""
+        from mrisr.inference.upscale import upscale
+        from mrisr.inference.volume3d import SeriesUpscaler3D
+
+        net, desc = self.pack
+        ref = t1 if self.uses_reference else None
+        out = np.empty(tuple(out_shape) + (len(indices),), np.float32)
+        info: dict = {}
+        if self.interpolation:
+            for k, v in enumerate(indices):
+                out[..., k] = net(lr.data[..., v], out_shape)
+        elif self.is_3d:
+            runner = SeriesUpscaler3D(lr, ref, self.pack, out_shape, out_affine, bvals,
+                                      device=self.device, register=self.register)
+            if self.adapt:
+                info["adapt"] = runner.adapt(self.adapt)
+            for k, v in enumerate(indices):
+                out[..., k] = runner.upscale(int(v)).data
+        else:
+            pack, adapt = self.pack, self.adapt
+            for k, v in enumerate(indices):
+                result = upscale(Volume(lr.data[..., v], lr.affine), ref, shape=out_shape,
+                                 loaded_model=pack, device=self.device, adapt=adapt)
+                out[..., k] = result.data
+                if result.adapted_model is not None:
+                    # As mrisr upscale: a series is adapted once, on its first volume.
+                    pack, adapt = result.adapted_model, 0
+                    info["adapt"] = result.info["adapt"]
+        return out, info
+
+
+def _attenuation(series: np.ndarray, b0: np.ndarray) -> np.ndarray:
+    """``series / b0`` per volume, 0 where ``b0`` is not positive."""
+    out = np.zeros(series.shape, np.float32)
+    ok = b0 > 0
+    out[ok] = series[ok] / b0[ok][:, None]
+    return out
+
+
+def evaluate_dmri_signal(cfg: DmriEvaluateConfig,
+                         methods: Optional[dict[str, "SeriesMethod"]] = None,
+                         show_progress: bool = True) -> DmriEvaluationResult:
+    """The ``signal`` protocol (see the module docstring): rows as :func:`evaluate_dmri`'s,
+    plus the adaptation seconds in ``case_rows``."""
+    from mrisr.degradation import degrade_volume
+
+    built = methods if methods is not None else {
+        m.display: SeriesMethod(m) for m in cfg.methods}
+    cases = load_series_cases(cfg.dmri, cfg.volumes)
+    rows, case_rows, tensor_rows = [], [], []
+    bar = progress(total=len(cases) * len(cfg.scales) * len(built), desc="evaluate dMRI",
+                   unit="case", disable=not show_progress, leave=False)
+    try:
+        for case in cases:
+            shape = case.hr.shape[:3]
+            # Upscaled: the scored volumes, and for the tensor fit every b=0 and weighted one.
+            needed = np.union1d(case.b0, case.weighted) if cfg.tensor else case.scored
+            at = {int(v): k for k, v in enumerate(needed)}
+            scored_k = [at[int(v)] for v in case.scored]
+            hr_b0 = case.hr[..., case.b0].mean(axis=-1)
+            hr_att = _attenuation(case.hr[..., case.weighted], hr_b0)
+            g_b, g_v = case.bvals[case.weighted], case.bvecs[:, case.weighted]
+            reference_maps = fit_tensors(hr_att, g_b, g_v, hr_b0, case.mask) \
+                if cfg.tensor else None
+            for scale in cfg.scales:
+                lr, lr_affine = degrade_volume(case.hr, case.affine, scale, cfg.degradation)
+                lr_volume = Volume(lr, lr_affine)
+                head = {"subject": case.subject, "scale": scale_label(scale),
+                        "category": scale_category(scale, cfg.in_distribution),
+                        "lr_shape": "x".join(str(n) for n in lr.shape[:3])}
+                for label, method in built.items():
+                    bar.set_description(f"evaluate dMRI {case.subject} x{head['scale']} {label}")
+                    if method.needs_reference and case.t1 is None:
+                        bar.update(1)
+                        continue
+                    t0 = time.perf_counter()
+                    pred, info = method(lr_volume, case.t1, case.bvals, shape, case.affine,
+                                        needed)
+                    seconds = time.perf_counter() - t0
+                    key = {**head, "method": label,
+                           "reference": "t1" if method.uses_reference and case.t1 is not None
+                           else "-"}
+                    scores = evaluate_dwi_volume(pred[..., scored_k], case.hr[..., case.scored],
+                                                 case.mask)
+                    for v, row in zip(case.scored, scores.pop("per_volume")):
+                        rows.append({**key, "direction": int(v), "bval": float(case.bvals[v]),
+                                     "bvec": " ".join(f"{x:.4f}" for x in case.bvecs[:, v]),
+                                     **row})
+                    adapt = info.get("adapt") or {}
+                    case_rows.append({**key, **scores, "seconds": seconds,
+                                      "adapt_steps": adapt.get("steps", 0),
+                                      "adapt_seconds": adapt.get("seconds", 0.0)})
+                    if cfg.tensor:
+                        sr_b0 = pred[..., [at[int(v)] for v in case.b0]].mean(axis=-1)
+                        sr_att = _attenuation(pred[..., [at[int(v)] for v in case.weighted]],
+                                              sr_b0)
+                        fidelity = tensor_fidelity(sr_att, hr_att, g_b, g_v, case.mask, hr_b0,
+                                                   sr_mean_b0=sr_b0, wm_fa=cfg.wm_fa,
+                                                   reference_maps=reference_maps)
+                        tensor_rows.append({**key, **fidelity})
+                    bar.update(1)
+    finally:
+        bar.close()
+    names = [f"{c.subject} ({'x'.join(str(n) for n in c.hr.shape[:3])} voxels, "
+             f"{c.scored.size} of {c.weighted.size} diffusion-weighted volumes scored, "
+             f"{_shell_text(cfg.dmri, c.bvals[c.weighted])}, "
+             f"T1w {'yes' if c.t1 is not None else 'no'})" for c in cases]
     return DmriEvaluationResult(rows, case_rows, tensor_rows, cfg, names)
 
 
@@ -295,9 +576,15 @@ def _legend(result: DmriEvaluationResult) -> list[str]:
     for label, cat in _ordered_scales(cfg):
         groups[cat].append(f"x{label}")
     lo, hi = cfg.in_distribution
+    degraded = "LR = cubic B-spline downsampling of the HR attenuations (the training " \
+        "degradation)"
+    if cfg.protocol == "signal":
+        degraded = ("LR = every volume of the acquired series degraded in signal space (" +
+                    ("Gaussian filter, then cubic B-spline downsampling" if
+                     cfg.degradation == "bicubic_aa" else "cubic B-spline downsampling") +
+                    "), upscaled through mrisr upscale's series path; scores in signal units")
     return [f"Subjects ({region}): " + "; ".join(result.cases) + ".",
-            "LR = cubic B-spline downsampling of the HR attenuations (the training "
-            f"degradation); training scales x{lo:g}..x{hi:g}: " +
+            f"{degraded}; training scales x{lo:g}..x{hi:g}: " +
             "; ".join(f"{cat} {', '.join(v)}" for cat, v in groups.items()) + ".", ""]
 
 
@@ -347,6 +634,28 @@ def tensor_markdown(result: DmriEvaluationResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+def cost_markdown(result: DmriEvaluationResult) -> str:
+    """Signal protocol: per method and scale, the seconds of one series (mean over subjects;
+    adaptation included) and of its adaptation alone. Empty for the attenuation protocol."""
+    if result.config.protocol != "signal" or not result.case_rows:
+        return ""
+    total, adapt = summarise(result.case_rows, "seconds"), \
+        summarise(result.case_rows, "adapt_seconds")
+    scales = _ordered_scales(result.config)
+    header = ["Method"] + [f"x{label} {what}" for label, _ in scales
+                           for what in ("seconds", "adapt s")]
+    lines = ["**Cost: seconds per series (upscaling every volume scored or fitted, adaptation "
+             "included) and of the adaptation alone**", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key in _methods_in_order(result):
+        cells = []
+        for label, _ in scales:
+            t, a = total.get(key, {}).get(label), adapt.get(key, {}).get(label)
+            cells += [f"{t:.1f}" if t is not None else "", f"{a:.1f}" if a else "-"]
+        lines.append(f"| {key[0]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def directions_markdown(result: DmriEvaluationResult, digits: int = 2) -> str:
     """Per subject and scale, one row per diffusion direction: ``PSNR / SSIM`` per method."""
     methods = [m for m, _ in _methods_in_order(result)]
@@ -384,7 +693,8 @@ def write_dmri_report(result: DmriEvaluationResult, out_dir: Path) -> dict[str, 
         paths["tensor"] = out_dir / "tensor.csv"
         write_text_atomic(paths["tensor"], rows_to_csv(result.tensor_rows))
     write_text_atomic(paths["table"], "\n".join(
-        part for part in (table1_markdown(result), tensor_markdown(result)) if part))
+        part for part in (table1_markdown(result), tensor_markdown(result),
+                          cost_markdown(result)) if part))
     write_text_atomic(paths["directions"], directions_markdown(result))
     metrics = [("psnr", result.case_rows), ("ssim", result.case_rows),
                ("nrmse", result.case_rows)] + \

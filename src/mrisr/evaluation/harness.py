@@ -54,6 +54,8 @@ class EvaluateConfig:
     out-of-distribution in the table.
     task: ``slices2d`` (this harness); ``mrisr evaluate`` sends ``dmri3d`` configs to
     :mod:`mrisr.evaluation.dmri`.
+    crop_margin: in ``volume`` mode, crop every volume to the bounding box of its mask plus
+    this many voxels (background costs model time and says little); ``None``: whole volumes.
     """
 
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
@@ -63,6 +65,7 @@ class EvaluateConfig:
     slice_step: int = 1
     max_slices: Optional[int] = None
     crop_multiple: int = 1
+    crop_margin: Optional[int] = None
     degradation: str = "kspace"
     scales: list = field(default_factory=lambda: list(DEFAULT_SCALES))
     references: list[str] = field(default_factory=lambda: ["hr", "lr"])
@@ -159,7 +162,14 @@ def _cases(subject: SubjectVolumes, cfg: EvaluateConfig) -> Iterable[tuple[int, 
                                                                            np.ndarray]]:
     mask = subject.brain_mask()
     if cfg.mode == "volume":
-        yield -1, subject.target, subject.reference, mask
+        box = (slice(None),) * 3
+        if cfg.crop_margin is not None and mask.any():
+            idx = np.argwhere(mask)
+            lo = np.maximum(idx.min(0) - cfg.crop_margin, 0)
+            hi = np.minimum(idx.max(0) + 1 + cfg.crop_margin, mask.shape)
+            box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        ref = subject.reference[box] if subject.reference is not None else None
+        yield -1, subject.target[box], ref, mask[box]
         return
     axis = cfg.slice_axis % subject.target.ndim
     for i in select_slices(subject.target, mask, axis, cfg.min_brain_fraction, cfg.slice_step,

@@ -6,6 +6,7 @@ and returns the magnitude in the input's intensity units.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Optional, Union
 
 import numpy as np
@@ -39,7 +40,6 @@ def _uses_reference(model: nn.Module) -> bool:
     return bool(getattr(model, "use_reference", False))
 
 
-@torch.no_grad()
 def predict_slice(model: nn.Module, lr: np.ndarray, out_shape: tuple[int, int],
                   reference: Optional[np.ndarray] = None, input_kind: str = "magnitude",
                   device: Optional[torch.device] = None, tile: Optional[int] = None
@@ -50,21 +50,49 @@ def predict_slice(model: nn.Module, lr: np.ndarray, out_shape: tuple[int, int],
     tile: decode the output in tiles of ``tile`` voxels per axis (bounded memory; the result
     equals the untiled one). Returns float32 magnitude ``out_shape``.
     """
+    return predict_slices(model, [lr], out_shape, None if reference is None else [reference],
+                          input_kind, device, tile)[0]
+
+
+def _batch_item(encoded, b: int):
+    """Item ``b`` (kept as a batch of one) of an encoder output: a tensor or a dataclass of
+    tensors (Dual-ArbNet's :class:`~mrisr.models.dual_arbnet.Encoded`)."""
+    if isinstance(encoded, torch.Tensor):
+        return encoded[b:b + 1]
+    return dataclasses.replace(encoded, **{
+        f.name: getattr(encoded, f.name)[b:b + 1] for f in dataclasses.fields(encoded)
+        if isinstance(getattr(encoded, f.name), torch.Tensor)})
+
+
+def predict_slices(model: nn.Module, lrs: list, out_shape: tuple[int, int],
+                   references: Optional[list] = None, input_kind: str = "magnitude",
+                   device: Optional[torch.device] = None, tile: Optional[int] = None
+                   ) -> list:
+    """:func:`predict_slice` of several images of one shape at once: the encoder runs on
+    all of them in one batch (each normalised by its own robust maximum, as alone), then
+    each output is decoded. ``references``: one per image (all of one shape), or ``None``."""
     device = device or next(model.parameters()).device
     model.eval()
-    norm = robust_max(lr)
-    x = torch.from_numpy(as_channels(lr / norm, input_kind))[None].to(device)
-    ref_t, ref_shape = None, None
-    if _uses_reference(model):
-        if reference is None:
-            raise ValueError("this model needs a reference image")
-        ref_t = torch.from_numpy(as_channels(reference / robust_max(reference),
-                                             input_kind))[None].to(device)
-        ref_shape = reference.shape
-    query = full_grid_query(lr.shape, out_shape, ref_shape).to(device)
-    out = decode_tiled(model, model.encode(x, ref_t), query, tile)[0].float().cpu().numpy()
-    mag = to_magnitude(out[0]) if out.shape[0] == 1 else np.hypot(out[0], out[1])
-    return (mag * norm).astype(np.float32)
+    norms = [robust_max(lr) for lr in lrs]
+    with torch.inference_mode():
+        x = torch.from_numpy(np.stack([as_channels(lr / n, input_kind)
+                                       for lr, n in zip(lrs, norms)])).to(device)
+        ref_t, ref_shape = None, None
+        if _uses_reference(model):
+            if references is None or any(r is None for r in references):
+                raise ValueError("this model needs a reference image")
+            ref_t = torch.from_numpy(np.stack([as_channels(r / robust_max(r), input_kind)
+                                               for r in references])).to(device)
+            ref_shape = references[0].shape
+        query = full_grid_query(lrs[0].shape, out_shape, ref_shape).to(device)
+        encoded = model.encode(x, ref_t)
+        results = []
+        for b, norm in enumerate(norms):
+            out = decode_tiled(model, _batch_item(encoded, b), query, tile)[0]
+            out = out.float().cpu().numpy()
+            mag = to_magnitude(out[0]) if out.shape[0] == 1 else np.hypot(out[0], out[1])
+            results.append((mag * norm).astype(np.float32))
+    return results
 
 
 @register_method("model")

@@ -6,6 +6,12 @@ and only the tile's interior is kept, so every kept voxel sees exactly the neigh
 would see in a whole-grid decode. Models whose decoder pools over the whole grid (Dual-ArbNet's
 channel attention) get those global statistics first, layer by layer, accumulated over the tile
 interiors; pointwise decoders (LIIF) need neither halo nor pooling.
+
+Models that expose their decoder layer by layer (``decode_begin`` / ``fusion`` / ``idf_step`` /
+``decode_end``: Dual-ArbNet) are decoded by :func:`decode_layerwise` instead: the fusion state
+of the whole grid is kept between layers and each layer runs once over bands of rows with a
+halo of one layer's reach, rather than the whole decoder being recomputed per tile and per
+pooled layer.
 """
 from __future__ import annotations
 
@@ -51,13 +57,110 @@ def global_pooling(model, encoded, query, tile: int, halo: int) -> list:
     return pooled
 
 
+#: Largest fusion-layer activation of a whole grid that :func:`decode_layerwise` keeps instead
+#: of computing it twice (by default a 480x480 grid of 32 channels is kept, 960x960 is not).
+KEEP_BYTES = 2 ** 25
+
+
+def _band_query(query, rows: slice):
+    """The query restricted to output rows ``rows`` (all columns)."""
+    return query.window((rows,) + (slice(None),) * (len(query.shape) - 1))
+
+
+def _layout(t: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if t.ndim == 4 and not t.is_contiguous() and \
+        t.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+
+
+def _empty_grid(like: torch.Tensor, shape: tuple) -> torch.Tensor:
+    return torch.empty(like.shape[:2] + tuple(shape), dtype=like.dtype, device=like.device,
+                       memory_format=_layout(like))
+
+
+@torch.no_grad()
+def decode_layerwise(model, encoded, query, tile: int, keep_bytes: Optional[int] = None
+                     ) -> torch.Tensor:
+    """``model.decode(encoded, query)`` of a 2D grid, layer by layer over bands of rows.
+
+    The fusion state ``x`` and the IDF state ``h`` of the whole grid stay in memory (updated in
+    place); each fusion layer runs once per band of about ``tile**2`` output voxels with a halo
+    of ``model.fusion_layer_radius`` rows. A layer with channel attention first accumulates the
+    global (average, maximum) of its attention input ``y`` over the bands; ``y`` is kept for the
+    whole grid when it takes at most ``keep_bytes``, and otherwise computed again in the second
+    pass (the halo rows it needs that an earlier band has already updated are kept aside).
+    Equals an untiled decode up to float rounding. Returns ``(B, C, *query.shape)``.
+    """
+    keep_bytes = KEEP_BYTES if keep_bytes is None else keep_bytes
+    shape = query.shape
+    n_rows, width = shape
+    radius = int(model.fusion_layer_radius)
+    rows = max(radius, 1, (tile * tile) // width)
+    bands = [slice(a, min(a + rows, n_rows)) for a in range(0, n_rows, rows)]
+
+    def halo(band: slice, r: int) -> slice:
+        return slice(max(0, band.start - r), min(n_rows, band.stop + r))
+
+    def inner(band: slice, window: slice) -> slice:
+        return slice(band.start - window.start, band.stop - window.start)
+
+    x = h = None
+    for band in bands:  # the fusion input and the first IDF state
+        xb, hb = model.decode_begin(encoded, _band_query(query, band))
+        if x is None:
+            x, h = _empty_grid(xb, shape), _empty_grid(hb, shape)
+        x[:, :, band] = xb
+        h[:, :, band] = hb
+    for i, layer in enumerate(model.fusion):
+        pooled, y = None, None
+        if layer.attention.mlp is not None:
+            y = torch.empty_like(x) if x.numel() * x.element_size() <= keep_bytes else None
+            total, peak = 0.0, None
+            for band in bands:
+                window = halo(band, radius)
+                yb = layer.pre_attention(x[:, :, window])[:, :, inner(band, window)]
+                if y is not None:
+                    y[:, :, band] = yb
+                total = total + yb.sum(dim=(2, 3), keepdim=True)
+                m = yb.amax(dim=(2, 3), keepdim=True)
+                peak = m if peak is None else torch.maximum(peak, m)
+            pooled = (total / (n_rows * width), peak)
+        spatial = 1 if layer.attention.spatial is not None else 0
+        saved = None  # the old rows of x just above the band (already updated in place)
+        for band in bands:
+            if y is not None:  # only the attention is left: y is needed within its 3x3 conv
+                window = halo(band, spatial)
+                att = layer.attention(y[:, :, window], pooled)
+                x[:, :, band] += att[:, :, inner(band, window)]
+            else:
+                window = halo(band, radius)
+                below = x[:, :, band.start:window.stop]
+                xw = below if saved is None else torch.cat([saved, below], dim=2)
+                new = layer.attention(layer.pre_attention(xw), pooled).add_(xw)[
+                    :, :, inner(band, window)]
+                del xw
+                saved = x[:, :, band.stop - radius:band.stop].clone() if radius else None
+                x[:, :, band] = new
+            h[:, :, band] = model.idf_step(i, h[:, :, band], x[:, :, band])
+        del y
+    out = None
+    for band in bands:
+        part = model.decode_end(encoded, _band_query(query, band), h[:, :, band])
+        if out is None:
+            out = part.new_empty(part.shape[:2] + tuple(shape))
+        out[:, :, band] = part
+    return out
+
+
 @torch.no_grad()
 def decode_tiled(model, encoded, query, tile: Optional[int] = None) -> torch.Tensor:
     """``model.decode(encoded, query)`` computed in tiles of ``tile`` output voxels per axis
-    (``None`` or a tile covering the grid: one decode). Returns ``(B, C, *query.shape)``."""
+    (``None`` or a tile covering the grid: one decode). Returns ``(B, C, *query.shape)``.
+    Decoders exposed layer by layer go through :func:`decode_layerwise`."""
     shape = query.shape
     if tile is None or all(tile >= n for n in shape):
         return model.decode(encoded, query)
+    if hasattr(model, "decode_begin") and len(shape) == 2:
+        return decode_layerwise(model, encoded, query, tile)
     halo = int(getattr(model, "decoder_radius", 0))
     pooled = global_pooling(model, encoded, query, tile, halo) \
         if getattr(model, "has_global_pooling", False) else None

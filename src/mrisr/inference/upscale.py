@@ -49,6 +49,8 @@ from mrisr.io.nifti import Volume, load_nifti
 
 PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}
 DEFAULT_TILE = 256
+#: Slices of a volume encoded together by a 2D model (:class:`SliceUpscaler`).
+DEFAULT_SLICE_BATCH = 1
 #: Data-consistency projection of 2D-model outputs (:mod:`mrisr.degradation.consistency`).
 DEFAULT_CONSISTENCY = "auto"
 
@@ -185,27 +187,44 @@ class SliceUpscaler:
     """Applies a 2D model to the slices of a volume (see the module docstring)."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, input_kind: str = "magnitude",
-                 tile: Optional[int] = DEFAULT_TILE, amp: bool = False):
+                 tile: Optional[int] = DEFAULT_TILE, amp: bool = False,
+                 batch: int = DEFAULT_SLICE_BATCH):
         self.model = model.eval().to(device)
         self.device = device
         self.input_kind = input_kind
         self.tile = tile
         self.amp = amp and device.type == "cuda"
         self.uses_reference = bool(getattr(model, "use_reference", False))
+        #: slices encoded together in one forward pass (each decoded on its own)
+        self.batch = max(1, int(batch))
 
     def _slice(self, lr: np.ndarray, out_shape, ref: Optional[np.ndarray]) -> np.ndarray:
-        from mrisr.inference.predict import predict_slice
-        if not np.any(lr):
-            return np.zeros(out_shape, np.float32)
-        if self.uses_reference and (ref is None or not np.any(ref)):
-            ref = None
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-            if self.uses_reference and ref is None:
+        return self._batch([lr], out_shape, [ref])[0]
+
+    def _batch(self, lrs: list, out_shape, refs: list) -> list:
+        """Outputs of the slices ``lrs`` (with ``refs``, items may be ``None``): empty slices
+        give zeros, slices without reference coverage (for a model that needs one) cubic
+        interpolation, and the others go through the model in one batch."""
+        from mrisr.inference.predict import predict_slices
+        results: list = [None] * len(lrs)
+        todo = []
+        for k, (lr, ref) in enumerate(zip(lrs, refs)):
+            if not np.any(lr):
+                results[k] = np.zeros(out_shape, np.float32)
+            elif self.uses_reference and (ref is None or not np.any(ref)):
                 # No reference in this slice (outside its FOV): cubic interpolation.
                 from mrisr.evaluation.methods import interpolate
-                return to_magnitude(interpolate(lr, out_shape, "cubic")).astype(np.float32)
-            return predict_slice(self.model, lr, out_shape, ref, self.input_kind, self.device,
-                                 self.tile)
+                results[k] = to_magnitude(interpolate(lr, out_shape, "cubic")).astype(np.float32)
+            else:
+                todo.append(k)
+        if todo:
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+                outs = predict_slices(self.model, [lrs[k] for k in todo], out_shape,
+                                      [refs[k] for k in todo] if self.uses_reference else None,
+                                      self.input_kind, self.device, self.tile)
+            for k, o in zip(todo, outs):
+                results[k] = o
+        return results
 
     def upscale(self, target: np.ndarray, out_shape: Sequence[int], slice_axis: int,
                 reference: Optional[np.ndarray] = None, out: Optional[np.ndarray] = None,
@@ -218,14 +237,17 @@ class SliceUpscaler:
         inter_shape[axis] = n_slices
         direct = out_shape[axis] == n_slices
         inter = out if (direct and out is not None) else np.zeros(inter_shape, np.float32)
-        for k in range(n_slices):
-            lr = np.take(target, k, axis=axis)
-            ref = np.take(reference, k, axis=axis) if reference is not None else None
-            index = [slice(None)] * 3
-            index[axis] = k
-            inter[tuple(index)] = self._slice(lr, inplane, ref)
+        for start in range(0, n_slices, self.batch):
+            ks = range(start, min(start + self.batch, n_slices))
+            lrs = [np.take(target, k, axis=axis) for k in ks]
+            refs = [np.take(reference, k, axis=axis) if reference is not None else None
+                    for k in ks]
+            for k, result in zip(ks, self._batch(lrs, inplane, refs)):
+                index = [slice(None)] * 3
+                index[axis] = k
+                inter[tuple(index)] = result
             if progress:
-                progress(1)
+                progress(len(ks))
         if direct:
             return inter
         # The remaining factor along the slice axis: cubic interpolation, in blocks of rows.
@@ -243,6 +265,23 @@ class SliceUpscaler:
 
 #: Default model of a 4D (diffusion) series with a T1w reference, when its weights are shipped.
 DEFAULT_DMRI_MODEL = "csr_dmri_s"
+#: Default model of a 4D series without a T1w, when its weights are shipped and
+#: DEFAULT_DMRI_MODEL's were not trained with T1w dropout (otherwise the slice-wise 2D liif_s).
+DEFAULT_DMRI_MODEL_NO_T1 = "csr_dmri_s_m1"
+
+
+def _shipped_with_t1_dropout(name: str) -> bool:
+    """Whether the shipped weights of ``name`` were trained with T1w dropout (the training
+    config beside them says ``dmri.t1_dropout`` > 0), so that they also serve without a T1w."""
+    import yaml
+
+    from mrisr.models.registry import weights_path
+
+    try:
+        cfg = yaml.safe_load(weights_path(name).with_suffix(".yaml").read_text()) or {}
+        return float((cfg.get("dmri") or {}).get("t1_dropout") or 0.0) > 0
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
+        return False
 
 
 def default_model_name(has_reference: bool, series: bool = False) -> str:
@@ -250,6 +289,12 @@ def default_model_name(has_reference: bool, series: bool = False) -> str:
 
     if series and has_reference and weights_path(DEFAULT_DMRI_MODEL).exists():
         return DEFAULT_DMRI_MODEL
+    if series and not has_reference:
+        if weights_path(DEFAULT_DMRI_MODEL).exists() and \
+                _shipped_with_t1_dropout(DEFAULT_DMRI_MODEL):
+            return DEFAULT_DMRI_MODEL
+        if weights_path(DEFAULT_DMRI_MODEL_NO_T1).exists():
+            return DEFAULT_DMRI_MODEL_NO_T1
     return "dualarbnet_s" if has_reference else "liif_s"
 
 
@@ -288,14 +333,16 @@ def load_model(name: Optional[str], has_reference: bool, series: bool = False):
     model = loaded.model
     kind = loaded.payload.get("train_config", {}).get("data", {}).get("input") or \
         ("complex" if model.in_channels == 2 else "magnitude")
-    if getattr(model, "use_reference", False) and not has_reference:
+    # A 3D model reads the T1w as placed in training: registered to the mean b=0 or not; one
+    # trained with T1w dropout also runs without it (a zero T1w, as in training).
+    dmri = loaded.payload.get("train_config", {}).get("dmri") or {}
+    registered = bool(dmri.get("register", False))
+    t1_dropout = float(dmri.get("t1_dropout", 0.0) or 0.0)
+    if getattr(model, "use_reference", False) and not has_reference and not t1_dropout:
         raise InputError(f"model '{name}' needs a reference image (--ref)")
-    # A 3D model reads the T1w as placed in training: registered to the mean b=0 or not.
-    registered = bool((loaded.payload.get("train_config", {}).get("dmri") or {})
-                      .get("register", False))
     return model, {"model": name, "architecture": loaded.payload["model"],
                    "code_version": loaded.payload.get("code_version"), "input": kind,
-                   "t1_registered_in_training": registered}
+                   "t1_registered_in_training": registered, "t1_dropout": t1_dropout}
 
 
 def grid_info(desc: dict, in_shape: Sequence[int], in_affine: np.ndarray,
@@ -378,9 +425,14 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
     # -- 3D models: the whole volume at once (mrisr.inference.volume3d) ---------------------
     from mrisr.inference.volume3d import SeriesUpscaler3D, is_volume_model
     if is_volume_model(net):
-        result = SeriesUpscaler3D(target, reference, (net, desc), out_shape, out_affine,
-                                  device=device, amp=amp).upscale(0, out, progress)
+        runner = SeriesUpscaler3D(target, reference, (net, desc), out_shape, out_affine,
+                                  device=device, amp=amp)
+        if adapt:
+            runner.adapt(adapt, progress)
+        result = runner.upscale(0, out, progress)
         result.info["consistency"] = consistency_not_applied(consistency)
+        if adapt:
+            result.adapted_model = (runner.upscaler.model, runner.desc)
         return result
     # -- 2D models: slice by slice ----------------------------------------------------------
     dev = select_device(device)
@@ -410,13 +462,11 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
 
 
 def check_adaptable(net, adapt: int) -> None:
-    from mrisr.inference.volume3d import is_volume_model
-
     if adapt < 0:
         raise InputError(f"--adapt must be a number of steps >= 0, got {adapt}")
-    if adapt and (isinstance(net, VolumeInterpolation) or is_volume_model(net)):
-        raise InputError("--adapt fine-tunes 2D models; the chosen model is "
-                         f"{'an interpolation' if isinstance(net, VolumeInterpolation) else '3D'}")
+    if adapt and isinstance(net, VolumeInterpolation):
+        raise InputError("--adapt fine-tunes 2D models and 3D models, not interpolations; "
+                         f"the chosen model is '{net.name}'")
 
 
 def adapt_to_input(net, desc: dict, target: Volume, ref_grid: Optional[np.ndarray],
@@ -523,6 +573,12 @@ def _upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
                                     device=options.get("device", "auto"),
                                     amp=options.get("amp", False),
                                     register=register)
+    if series3d is not None and options.get("adapt", 0):
+        # One copy of the model fine-tuned on the whole series, then every volume upscaled.
+        if on_start:
+            on_start(n_vol * series3d.units_per_volume + options["adapt"])
+            on_start = None
+        series3d.adapt(options["adapt"], progress)
     if on_start and series3d is not None:
         on_start(n_vol * series3d.units_per_volume)
     elif on_start:

@@ -46,15 +46,17 @@ from mrisr.io.dwi import companion_paths, read_bvals
 from mrisr.io.nifti import Volume
 from mrisr.models.csr_dmri import VolumeFeatures, iter_grid_queries
 
-__all__ = ["DEFAULT_TILE", "DEFAULT_CHUNK", "is_volume_model", "encode_tiled", "encode_volume",
-           "model_t1_input", "VolumeUpscaler", "VolumeModelMethod", "read_series_bvals",
-           "SeriesUpscaler3D"]
+__all__ = ["DEFAULT_TILE", "DEFAULT_CHUNK", "DEFAULT_ADAPT_STEPS_3D", "is_volume_model",
+           "encode_tiled", "encode_volume", "model_t1_input", "VolumeUpscaler",
+           "VolumeModelMethod", "read_series_bvals", "adapt_volume_model", "SeriesUpscaler3D"]
 
 #: LR voxels per axis of one encoder tile; its window adds twice the receptive radius (15 for
 #: csr_dmri_s, so 62^3 voxels, a few hundred MB of activations for the compact encoder).
 DEFAULT_TILE = 32
 #: Output points per decoder call.
 DEFAULT_CHUNK = 2 ** 16
+#: Steps of ``mrisr upscale --adapt`` for a 3D model when the caller gives no number.
+DEFAULT_ADAPT_STEPS_3D = 100
 
 
 def is_volume_model(model: nn.Module) -> bool:
@@ -246,6 +248,84 @@ def read_series_bvals(series_path, n_volumes: int) -> Optional[np.ndarray]:
     return bvals
 
 
+def adapt_volume_model(model: nn.Module, volumes: np.ndarray, mask: np.ndarray,
+                       factors: Sequence[float], t1: Optional[np.ndarray] = None,
+                       steps: int = DEFAULT_ADAPT_STEPS_3D, *, lr: float = 1e-4,
+                       batch_size: int = 4, lr_patch: int = 10, frequency_weight: float = 0.01,
+                       seed: int = 0, device: Optional[torch.device] = None,
+                       progress: Optional[Callable[[int], None]] = None):
+    """Test-time adaptation of a 3D model: fine-tune a copy on pairs made from the series itself.
+
+    Every volume of the input series, as the model sees it at upscaling time (``volumes``:
+    ``(x, y, z, N)``, each divided by its robust maximum in the brain, 0 outside), is the HR side
+    of training pairs; its cubic B-spline downsampling by the requested ``factors`` (output /
+    input voxels per axis) is the LR side: patches are cut, flipped and permuted and degraded as
+    in training (:class:`~mrisr.training.volumes.VolumePatchTask` with fixed scales), the loss is
+    the training loss over the brain (``mask``). ``t1``: the scaled T1w on the *input* grid (a
+    T1w-guided model reads it degraded like the volumes, as in training), or ``None`` (a model
+    trained with T1w dropout then gets zeros, as when it upscales). The LR patch is at most
+    ``lr_patch`` voxels per axis and shrinks (down to 4) so that its HR patch fits the series.
+
+    Returns a :class:`~mrisr.training.adapt.AdaptResult` (the fine-tuned copy in evaluation
+    mode, the losses, the seconds); ``model`` is not changed.
+    """
+    import copy
+
+    from mrisr.data.dwi import DwiSubject
+    from mrisr.training.adapt import AdaptResult
+    from mrisr.training.config import DmriDataConfig, OptimConfig, Phase, RunConfig, TrainConfig
+    from mrisr.training.trainer import _batch_to
+    from mrisr.training.volumes import VolumePatchTask
+
+    if steps < 1:
+        raise InputError(f"adaptation needs at least one step, got {steps}")
+    volumes = np.asarray(volumes, dtype=np.float32)
+    if volumes.ndim == 3:
+        volumes = volumes[..., None]
+    f = np.broadcast_to(np.asarray(factors, dtype=np.float64), 3)
+    if np.any(f < 1.0):
+        raise InputError(f"adaptation needs upscaling factors >= 1, got {tuple(f)}")
+    uses_t1 = bool(getattr(model, "use_reference", False))
+    extent = min(volumes.shape[:3])
+    patch = int(np.clip(np.floor(extent / f.max()), 4, lr_patch))
+    d = DmriDataConfig(kind="phantom", lr_patch=patch, scale_range=[float(f.min()),
+                                                                    float(f.max())],
+                       holdout_fraction=0.0, pad_to_patch=True, augment=True,
+                       loss_region="brain", frequency_weight=frequency_weight,
+                       t1_dropout=1.0 if uses_t1 and t1 is None else 0.0)
+    cfg = TrainConfig(task="dmri3d", dmri=d,
+                      curriculum=[Phase(name="adapt", steps=steps)],
+                      optim=OptimConfig(lr=lr, batch_size=batch_size),
+                      run=RunConfig(seed=seed), output="")
+    n = volumes.shape[3]
+    subject = DwiSubject(name="input", shell=volumes, bvals=np.zeros(n), bvecs=np.zeros((3, n)),
+                         mean_b0=np.ones(volumes.shape[:3], np.float32),
+                         t1=None if t1 is None else np.asarray(t1, np.float32),
+                         mask=np.asarray(mask, bool), affine=np.eye(4))
+    task = VolumePatchTask(cfg, [subject], use_t1=uses_t1,
+                           t1_mode=getattr(model, "t1_mode", None),
+                           level_norm=bool(getattr(model, "level_norm", False)),
+                           fixed_scales=tuple(f))
+    device = device or next(model.parameters()).device
+    net = copy.deepcopy(model).to(device).train()
+    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
+    losses = []
+    t0 = time.perf_counter()
+    with torch.enable_grad():
+        for step in range(steps):
+            batch = _batch_to(task.batch(step), device)
+            value, _ = task.loss(net, batch)
+            optimizer.zero_grad(set_to_none=True)
+            value.backward()
+            optimizer.step()
+            losses.append(float(value.detach()))
+            if progress:
+                progress(1)
+    net.eval()
+    return AdaptResult(net, losses, time.perf_counter() - t0, "volume3d",
+                       float(np.round(np.prod(f) ** (1 / 3), 2)))
+
+
 class SeriesUpscaler3D:
     """Upscale the volumes of a diffusion series (or one 3D volume) with a 3D model.
 
@@ -280,6 +360,10 @@ class SeriesUpscaler3D:
             grid before placing it (:func:`~mrisr.data.dwi.register_rigid`, needs dipy);
             ``None``: as the model's training did (``t1_registered_in_training`` of the
             description) when dipy is installed, else by the headers alone.
+
+    A T1w-guided model trained with T1w dropout (``t1_dropout`` > 0 in its description) also
+    upscales a series without ``reference``: its T1w input is then zero, as in training.
+    :meth:`adapt` fine-tunes a copy of the model on the series before :meth:`upscale`.
     """
 
     def __init__(self, target: Volume, reference: Optional[Volume], model_pack: tuple,
@@ -298,8 +382,17 @@ class SeriesUpscaler3D:
         self.mask_hr = spline_resize(self.mask.astype(np.float32), self.out_shape,
                                      order=1) >= 0.5
         self.t1 = None
+        self.target = target
+        self.reference = reference
+        self.desc = desc
+        self.transform = None
         info: dict = {}
-        if self.upscaler.uses_reference:
+        if self.upscaler.uses_reference and reference is None and desc.get("t1_dropout"):
+            # Trained with T1w dropout: a zero T1w is what such a model saw without one.
+            self.t1 = np.zeros(self.out_shape, np.float32)
+            info["reference"] = {"path": None, "t1_input": "zeros (model trained with T1w "
+                                                           "dropout)"}
+        elif self.upscaler.uses_reference:
             if reference is None:
                 raise InputError(f"model '{desc.get('model')}' needs a T1w image (--ref)")
             if register is None:
@@ -308,6 +401,7 @@ class SeriesUpscaler3D:
                 register = bool(desc.get("t1_registered_in_training", False)) and \
                     importlib.util.find_spec("dipy") is not None
             transform = register_rigid(reference, signal, target.affine) if register else None
+            self.transform = transform
             placed = place_t1_on_dwi_grid(reference, self.out_affine, self.out_shape,
                                           transform=transform)
             self.t1 = scale_t1(placed.data, self.mask_hr)
@@ -324,6 +418,31 @@ class SeriesUpscaler3D:
                                  self.out_affine), **info, "encoder_tile": tile}
         #: Progress units (output planes along axis 0) per volume.
         self.units_per_volume = self.out_shape[0]
+
+    def adapt(self, steps: int = DEFAULT_ADAPT_STEPS_3D,
+              progress: Optional[Callable[[int], None]] = None, **kwargs) -> dict:
+        """Fine-tune a copy of the model on this series (:func:`adapt_volume_model`: every
+        volume, normalised as :meth:`upscale` gives it to the model, degraded again by the
+        output/input factors), then use the copy for every later :meth:`upscale`. The T1w is
+        placed on the input grid (with the registration already found). ``kwargs`` go to
+        :func:`adapt_volume_model`. Returns the sidecar entry (also in ``info["adapt"]``)."""
+        factors = [o / i for i, o in zip(self.data.shape[:3], self.out_shape)]
+        volumes = np.stack([self.normalised(v)[0] for v in range(self.data.shape[3])], -1)
+        t1 = None
+        if self.upscaler.uses_reference and self.reference is not None:
+            placed = place_t1_on_dwi_grid(self.reference, self.target.affine,
+                                          self.data.shape[:3], transform=self.transform)
+            t1 = scale_t1(placed.data, self.mask)
+        old = self.upscaler
+        result = adapt_volume_model(old.model, volumes, self.mask, factors, t1, steps,
+                                    device=old.device, progress=progress, **kwargs)
+        self.upscaler = VolumeUpscaler(result.model, old.device, old.tile, old.chunk, old.amp)
+        entry = {**result.describe(), "volumes": int(volumes.shape[3]),
+                 "loss_first10": float(np.mean(result.losses[:10])),
+                 "loss_last10": float(np.mean(result.losses[-10:]))}
+        self.info["adapt"] = entry
+        self.desc = {**self.desc, "adapted_steps": int(steps)}
+        return entry
 
     def normalised(self, index: int) -> tuple[np.ndarray, float]:
         """Volume ``index`` as the model's input: float32 ``(x, y, z)`` divided by its robust

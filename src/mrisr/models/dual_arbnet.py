@@ -29,9 +29,10 @@ from dataclasses import dataclass
 from typing import Optional, Union
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from mrisr.models.query import relative_offset, sample_grid, unfold_neighbourhood
+from mrisr.models.query import relative_offset, sample_grid
 from mrisr.models.rdn import RDN
 
 
@@ -132,11 +133,18 @@ class FusionLayer(nn.Module):
                                                  spatial_attention)
 
     def pre_attention(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.relu(self.inp(x))
+        if torch.is_grad_enabled():
+            y = torch.relu(self.inp(x))
+            r = y
+            for conv in self.body:
+                r = torch.relu(conv(r))
+            return y + r
+        # Without gradients: the same in place on the fresh conv outputs (less memory).
+        y = torch.relu_(self.inp(x))
         r = y
         for conv in self.body:
-            r = torch.relu(conv(r))
-        return y + r
+            r = torch.relu_(conv(r))
+        return y + r if r is y else r.add_(y)
 
     def forward(self, x: torch.Tensor, pooled=None) -> torch.Tensor:
         return x + self.attention(self.pre_attention(x), pooled)
@@ -204,18 +212,30 @@ class DualArbNet(nn.Module):
         self.skip_in = nn.Conv2d(unfolded, skip_hidden, 1)
         self.skip_mid = nn.Conv2d(skip_hidden, skip_hidden, 1)
         self.skip_out = nn.Conv2d(skip_hidden, in_channels, 1)
-        # Output voxels depend on fused features this many output voxels away.
-        self.decoder_radius = fusion_layers * (fusion_convs + (1 if spatial_attention else 0))
+        # Output voxels depend on fused features this many output voxels away (each fusion
+        # layer reaches ``fusion_layer_radius``).
+        self.fusion_layer_radius = fusion_convs + (1 if spatial_attention else 0)
+        self.decoder_radius = fusion_layers * self.fusion_layer_radius
         self.encoder_radius = self.encoder.receptive_radius + 1  # + the 3x3 unfold
 
     # -- encoder -------------------------------------------------------------------------
     def _features(self, image: torch.Tensor) -> torch.Tensor:
-        return unfold_neighbourhood(self.encoder((image - 0.5) / 0.5))
+        """Encoder features (not unfolded; see :meth:`_on_unfolded`)."""
+        return self.encoder((image - 0.5) / 0.5)
+
+    @staticmethod
+    def _on_unfolded(conv: nn.Conv2d, features: torch.Tensor) -> torch.Tensor:
+        """``conv`` (a 1x1 conv over the 3x3-unfolded features, channel ``c * 9 + k``) applied
+        as the equal 3x3 conv over the features themselves (zero padded like the unfold),
+        without materialising the nine-times larger unfolded tensor."""
+        weight = conv.weight.reshape(conv.out_channels, features.shape[1], 3, 3)
+        return F.conv2d(features, weight, conv.bias, padding=1).contiguous()
 
     def encode(self, lr: torch.Tensor, reference: Optional[torch.Tensor] = None) -> Encoded:
         """Encode the target LR image ``(B, C, h, w)`` and the reference ``(B, C, hr, wr)``."""
         target = self._features(lr)
-        enc = Encoded(target_stem=self.stem_target(target), target_skip=self.skip_in(target),
+        enc = Encoded(target_stem=self._on_unfolded(self.stem_target, target),
+                      target_skip=self._on_unfolded(self.skip_in, target),
                       target_shape=tuple(lr.shape[2:]),
                       target_image=lr if self.image_residual else None)
         if self.use_reference:
@@ -223,7 +243,7 @@ class DualArbNet(nn.Module):
                 raise ValueError("this Dual-ArbNet needs a reference image")
             with torch.set_grad_enabled(self.reference_grad and torch.is_grad_enabled()):
                 ref = self._features(reference)
-            enc.reference_stem = self.stem_reference(ref)
+            enc.reference_stem = self._on_unfolded(self.stem_reference, ref)
             enc.reference_shape = tuple(reference.shape[2:])
         return enc
 
@@ -276,12 +296,28 @@ class DualArbNet(nn.Module):
         ``pooled``: per fusion layer, the global (average, maximum) of its attention input over
         the *whole* output grid, when ``query`` is only a window of it (tiled decoding).
         """
-        x = self._fusion_input(enc, query)
-        h = torch.sin(self.idf_in(self._query_features(query, enc, x.dtype)))
-        half = x.shape[1] // 2
-        for i, (layer, modulation) in enumerate(zip(self.fusion, self.idf)):
-            x = layer(x, pooled[i] if pooled is not None else None)
-            h = torch.sin(modulation(h) * x[:, :half])
+        x, h = self.decode_begin(enc, query)
+        for i in range(len(self.fusion)):
+            x = self.fusion[i](x, pooled[i] if pooled is not None else None)
+            h = self.idf_step(i, h, x)
+        return self.decode_end(enc, query, h)
+
+    # The pieces of :meth:`decode`, for decoding layer by layer (mrisr.inference.tiling).
+    def decode_begin(self, enc: Encoded, query: GridQuery) -> tuple[torch.Tensor, torch.Tensor]:
+        """The fusion input and the first IDF state on the grid of ``query``."""
+        # Channels-last: the layout in which oneDNN runs the output-resolution convs fastest.
+        cl = torch.channels_last
+        x = self._fusion_input(enc, query).contiguous(memory_format=cl)
+        h = torch.sin(self.idf_in(self._query_features(query, enc, x.dtype)
+                                  .contiguous(memory_format=cl)))
+        return x, h
+
+    def idf_step(self, i: int, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """IDF layer ``i`` modulated by the target half of fusion layer ``i``'s output ``x``."""
+        return torch.sin(self.idf[i](h) * x[:, :x.shape[1] // 2])
+
+    def decode_end(self, enc: Encoded, query: GridQuery, h: torch.Tensor) -> torch.Tensor:
+        """The output from the last IDF state ``h`` on the grid of ``query``."""
         out = self.idf_out(h)
         if self.sampling == "nearest":
             skip = self.skip_out(torch.relu(self.skip_mid(torch.relu(enc.target_skip))))

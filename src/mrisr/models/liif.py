@@ -6,16 +6,22 @@ ensemble), each with the query's offset from that code (in LR voxels x 2, as in 
 cell size, go through an MLP; the 4 predictions are blended with the area weights of the
 opposite sub-rectangles. Shapes: LR ``(B, C, h, w)``; queries as a :class:`GridQuery`
 (decoded in chunks of points to bound memory) or ``(B, P, 2)`` points.
+
+The MLP's first layer is linear in the latent code, so its code part is applied once per LR
+voxel when encoding (on the 3x3-unfolded features it is a 3x3 convolution of the features) and
+each query reads that projection, adding the offset and cell terms: the same numbers as the
+direct form up to float rounding, without running the widest layer ``4 * s**2`` times per LR
+voxel.
 """
 from __future__ import annotations
 
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mrisr.models.dual_arbnet import GridQuery
-from mrisr.models.query import unfold_neighbourhood
 from mrisr.models.rdn import RDN
 
 
@@ -52,14 +58,28 @@ class LIIF(nn.Module):
         self.encoder_radius = self.encoder.receptive_radius + (1 if unfold else 0)
 
     def encode(self, lr: torch.Tensor, reference: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The code part of the MLP's first layer (with its bias) at every LR voxel:
+        ``(B, hidden[0], h, w)``, what :meth:`query_points` reads."""
         feat = self.encoder((lr - 0.5) / 0.5)
-        return unfold_neighbourhood(feat) if self.unfold else feat
+        first = self.mlp[0]
+        c = feat.shape[1]
+        if self.unfold:  # a linear map of the 3x3-unfolded code (channel c * 9 + k)
+            weight = first.weight[:, :9 * c].reshape(first.out_features, c, 3, 3)
+            return F.conv2d(feat, weight, first.bias, padding=1).contiguous()
+        weight = first.weight[:, :c].reshape(first.out_features, c, 1, 1)
+        return F.conv2d(feat, weight, first.bias).contiguous()
 
     def query_points(self, feat: torch.Tensor, points: torch.Tensor,
                      cell: torch.Tensor) -> torch.Tensor:
-        """points ``(B, P, 2)`` continuous LR indices, cell ``(B, 2)`` output voxel size in LR
-        voxels; returns ``(B, P, C)``."""
+        """feat: :meth:`encode`'s output; points ``(B, P, 2)`` continuous LR indices, cell
+        ``(B, 2)`` output voxel size in LR voxels; returns ``(B, P, C)``."""
         b, c, h, w = feat.shape
+        first = self.mlp[0]
+        n_code = first.in_features - 2 - (2 if self.cell_decode else 0)
+        w_rel = first.weight[:, n_code:n_code + 2]
+        extra = 0.0
+        if self.cell_decode:  # the same cell term for every query of an item
+            extra = ((2.0 * cell).to(feat.dtype) @ first.weight[:, n_code + 2:].T)[:, None, :]
         sizes = torch.tensor([h, w], dtype=points.dtype, device=points.device)
         flat = feat.reshape(b, c, h * w)
         base = torch.floor(points) if self.local_ensemble else torch.floor(points + 0.5)
@@ -71,11 +91,8 @@ class LIIF(nn.Module):
             linear = (idx[..., 0] * w + idx[..., 1]).long()
             codes = torch.gather(flat, 2, linear.unsqueeze(1).expand(b, c, -1)).transpose(1, 2)
             rel = 2.0 * (points - idx)
-            inputs = [codes, rel.to(feat.dtype)]
-            if self.cell_decode:
-                inputs.append((2.0 * cell).to(feat.dtype)[:, None, :].expand(-1, points.shape[1],
-                                                                             -1))
-            preds.append(self.mlp(torch.cat(inputs, dim=-1)))
+            first_out = codes + rel.to(feat.dtype) @ w_rel.T + extra
+            preds.append(self.mlp[1:](first_out))
             areas.append((rel[..., 0] * rel[..., 1]).abs().to(feat.dtype) / 4 + 1e-9)
         if len(preds) == 1:
             return preds[0]

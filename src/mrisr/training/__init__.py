@@ -31,7 +31,8 @@ def build_task(cfg: TrainConfig, model):
     if cfg.task == "dmri3d":
         from mrisr.training.volumes import VolumePatchTask, load_dwi_subjects
         use_t1 = bool(getattr(model, "use_reference", False))
-        return VolumePatchTask(cfg, load_dwi_subjects(cfg.dmri, use_t1), use_t1,
+        subjects = load_dwi_subjects(cfg.dmri, use_t1, t1_optional=cfg.dmri.t1_dropout > 0)
+        return VolumePatchTask(cfg, subjects, use_t1,
                                getattr(model, "t1_mode", None),
                                bool(getattr(model, "level_norm", False)))
     from mrisr.training.slices import SliceVolumes, SlicePatchTask

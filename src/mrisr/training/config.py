@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 from mrisr.data.datasets import DatasetSpec
@@ -234,12 +235,22 @@ class DataConfig:
 @dataclass
 class DwiFiles:
     """One diffusion subject on disk: the series (with ``.bval``/``.bvec`` beside it unless
-    given) and its T1w image (optional for models without T1w)."""
+    given) and its T1w image (optional for models without T1w, and for T1w models trained with
+    ``dmri.t1_dropout`` > 0, which then never see a T1w for this series).
+
+    name: the subject's label in logs and tables and what ``dmri.holdout`` matches (default:
+    the series' file name without extension).
+    """
 
     dwi: str
     t1: Optional[str] = None
     bval: Optional[str] = None
     bvec: Optional[str] = None
+    name: Optional[str] = None
+
+    @property
+    def label(self) -> str:
+        return self.name or Path(self.dwi).name.split(".")[0]
 
 
 @dataclass
@@ -252,6 +263,12 @@ class DwiSourceConfig:
     register: rigidly register each T1w to the mean b=0 (dipy) before placing it on the DWI
         grid. holdout_axis, holdout_fraction: the slab at the high end of that axis that no
         training patch touches (for evaluation on a single subject).
+    all_shells: keep every diffusion-weighted volume (b > 50 s/mm^2) of each series, whatever
+        its b-value, instead of the ``bvalue`` shell: series of different shells (and
+        multi-shell series) train one model. The b=0 volumes, interleaved or not, are averaged
+        into the mean b=0 as always.
+    holdout: leave-one-scanner-out. The ``name`` (:class:`DwiFiles`) of one subject: training
+        skips it, and an evaluation scores only it (use ``region: whole``); ``null``: none.
     """
 
     kind: str = "phantom"
@@ -265,6 +282,21 @@ class DwiSourceConfig:
     register: bool = False
     holdout_axis: int = 2
     holdout_fraction: float = 0.25
+    all_shells: bool = False
+    holdout: Optional[str] = None
+
+    @property
+    def shell_bvalue(self) -> Optional[float]:
+        """The ``bvalue`` argument of the loaders: ``None`` (every shell) with ``all_shells``."""
+        return None if self.all_shells else self.bvalue
+
+    def selected_subjects(self, training: bool) -> list[DwiFiles]:
+        """``subjects`` without the held-out one (``training``) or only it (evaluation); all of
+        them without ``holdout``."""
+        if self.holdout is None:
+            return list(self.subjects)
+        keep = [f for f in self.subjects if (f.label == self.holdout) != training]
+        return keep
 
     def validate(self, source: str) -> None:
         if self.kind not in ("phantom", "files"):
@@ -274,6 +306,16 @@ class DwiSourceConfig:
         if self.holdout_axis not in (0, 1, 2) or not 0 <= self.holdout_fraction < 1:
             raise ConfigError(f"{source}: dmri.holdout_axis must be 0, 1 or 2 and "
                               "dmri.holdout_fraction in [0, 1)")
+        labels = [f.label for f in self.subjects]
+        if len(set(labels)) != len(labels):
+            raise ConfigError(f"{source}: dmri.subjects need unique names "
+                              f"({', '.join(labels)})")
+        if self.holdout is not None:
+            if self.kind != "files" or self.holdout not in labels:
+                raise ConfigError(f"{source}: dmri.holdout '{self.holdout}' is not a subject "
+                                  f"(names: {', '.join(labels) or 'none'})")
+            if len(self.subjects) < 2:
+                raise ConfigError(f"{source}: dmri.holdout needs at least two subjects")
 
 
 @dataclass
@@ -305,6 +347,34 @@ class DmriDataConfig(DwiSourceConfig):
     simulate_bvalues, simulate_per_bvalue: add to each training subject ``simulate_per_bvalue``
         volumes per b-value simulated from its tensor fit and noise
         (:func:`~mrisr.data.dwi.simulate_shells`), so one measured shell teaches others.
+    pad_to_patch: zero-pad (at the low end of an axis, away from the held-out slab) a subject
+        whose training region is thinner than the largest HR patch along that axis (thick-slice
+        series of 25 slices), instead of refusing it; the padding is outside the brain mask.
+
+    Diffusion randomisation (each drawn per sample from its own generator, so that switching one
+    on changes nothing else of the plan):
+
+    include_b0: ``domain: signal`` only: the mean b=0 is one more training volume of each
+        subject (a user's series has b=0 volumes, and the series path upscales them too).
+    bvalue_power: ``[min, max]``: in ``bvalue_power_fraction`` of the samples the attenuation
+        is raised to a log-uniform power ``k`` (``exp(-b ADC)^k``: the same direction at ``k``
+        times its b-value, a mono-exponential stand-in for other shells); empty: off.
+    bvalue_mix: share of samples that are a random convex combination of two volumes of the
+        subject (two directions, two shells, or a b=0 and a diffusion-weighted volume with
+        ``include_b0``); like ``bvalue_power``, renormalised as a measured volume is.
+    noise: ``[min, max]``: in ``noise_fraction`` of the samples Rician noise of a uniform
+        standard deviation (relative to the volume's robust maximum in the signal domain, to
+        ``S_0`` in the attenuation domain) is added to the brain of the LR patch: the noise
+        floor of a lower-SNR series; empty: off.
+    bias: strength of a random smooth multiplicative field ``exp(bias * q(u))`` (``q`` a random
+        quadratic in the volume's normalised coordinates, ``|q| <= 1``) applied to the HR patch
+        before it is degraded (coil sensitivity); 0: off.
+    antialias_fraction: share of samples whose LR patch is Gaussian-filtered before the cubic
+        B-spline downsampling (``degrade(kind="bicubic_aa")``: an LR series acquired, not
+        subsampled); the T1w channel is degraded as always.
+    t1_dropout: share of samples whose T1w channel is zero, so that one T1w-guided model also
+        serves series without a T1w (given zeros); subjects without a T1w are allowed then,
+        and always get zeros.
     """
 
     lr_patch: int = 10
@@ -320,9 +390,35 @@ class DmriDataConfig(DwiSourceConfig):
     t1_shift_fraction: float = 1.0
     augment: bool = False
     domain: str = "attenuation"
+    pad_to_patch: bool = False
+    include_b0: bool = False
+    bvalue_power: list[float] = field(default_factory=list)
+    bvalue_power_fraction: float = 0.5
+    bvalue_mix: float = 0.0
+    noise: list[float] = field(default_factory=list)
+    noise_fraction: float = 0.5
+    bias: float = 0.0
+    antialias_fraction: float = 0.0
+    t1_dropout: float = 0.0
 
     def validate(self, source: str) -> None:
         super().validate(source)
+        for name in ("bvalue_power_fraction", "bvalue_mix", "noise_fraction",
+                     "antialias_fraction", "t1_dropout"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"{source}: dmri.{name} must be in [0, 1]")
+        if self.bvalue_power and (len(self.bvalue_power) != 2 or
+                                  not 0 < self.bvalue_power[0] <= self.bvalue_power[1]):
+            raise ConfigError(f"{source}: dmri.bvalue_power must be [min, max] with "
+                              "0 < min <= max, or empty")
+        if self.noise and (len(self.noise) != 2 or not 0 <= self.noise[0] <= self.noise[1]):
+            raise ConfigError(f"{source}: dmri.noise must be [min, max] with 0 <= min <= max, "
+                              "or empty")
+        if self.bias < 0:
+            raise ConfigError(f"{source}: dmri.bias must be >= 0")
+        if self.include_b0 and self.domain != "signal":
+            raise ConfigError(f"{source}: dmri.include_b0 needs dmri.domain signal (a b=0 "
+                              "attenuation is 1 everywhere)")
         if self.domain not in ("attenuation", "signal"):
             raise ConfigError(f"{source}: dmri.domain must be attenuation or signal, got "
                               f"'{self.domain}'")

@@ -20,12 +20,20 @@ The queries are the HR voxels (all of them by default, so the 3D frequency loss 
 patch). Rank ``r`` of ``w`` builds samples ``r::w``.
 
 Each subject's volume is split into a training region and a held-out slab at the high end of
-``dmri.holdout_axis``: with one subject per scanner, evaluation happens on the slab.
+``dmri.holdout_axis``: with one subject per scanner, evaluation happens on the slab. Across
+scanners (``configs/train_*_multivendor.yaml``) every series trains whole
+(``holdout_fraction: 0``), ``dmri.holdout`` leaves one series out, ``dmri.all_shells`` keeps
+every diffusion-weighted volume whatever its b-value, ``dmri.pad_to_patch`` zero-pads thin
+series, and the diffusion randomisation of :class:`~mrisr.training.config.DmriDataConfig`
+(``include_b0``, ``bvalue_power``, ``bvalue_mix``, ``noise``, ``bias``, ``antialias_fraction``,
+``t1_dropout``) is drawn per sample from its own generator (:meth:`VolumePatchTask._draws`), so
+that switching one on changes nothing else of a batch. ``fixed_scales`` makes every patch at one
+requested upscaling (test-time adaptation, :func:`mrisr.inference.volume3d.adapt_volume_model`).
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Optional
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -52,9 +60,12 @@ def split_slab(shape, axis: int, fraction: float) -> tuple[tuple[slice, ...], tu
     return tuple(train), tuple(held)
 
 
-def load_dwi_subjects(d: DwiSourceConfig, use_t1: bool = True) -> list[DwiSubject]:
+def load_dwi_subjects(d: DwiSourceConfig, use_t1: bool = True, training: bool = True,
+                      t1_optional: bool = False) -> list[DwiSubject]:
     """The subjects of a ``dmri`` config section, training or evaluation (the T1w only when
-    ``use_t1``)."""
+    ``use_t1``): with ``dmri.holdout``, training loads every subject but the held-out one and an
+    evaluation (``training=False``) only that one. ``t1_optional``: a subject without a T1w
+    file is loaded without one instead of refused (models trained with ``t1_dropout``)."""
     from mrisr.data.dwi import load_dwi_subject, phantom_dwi_subject
 
     if d.kind == "phantom":
@@ -64,13 +75,35 @@ def load_dwi_subjects(d: DwiSourceConfig, use_t1: bool = True) -> list[DwiSubjec
         return [phantom_dwi_subject(phantom, d.bvalue, d.tolerance,
                                     name=f"phantom-seed{d.phantom_seed}")]
     subjects = []
-    for files in d.subjects:
-        if use_t1 and not files.t1:
+    for files in d.selected_subjects(training):
+        if use_t1 and not files.t1 and not t1_optional:
             raise InputError(f"{files.dwi}: the model uses a T1w image but dmri.subjects gives "
                              "none for this series")
-        subjects.append(load_dwi_subject(files.dwi, files.t1 if use_t1 else None, d.bvalue,
-                                         d.tolerance, d.register, files.bval, files.bvec))
+        subjects.append(load_dwi_subject(files.dwi, files.t1 if use_t1 else None,
+                                         d.shell_bvalue, d.tolerance, d.register, files.bval,
+                                         files.bvec, name=files.label))
     return subjects
+
+
+def pad_subject(subject: DwiSubject, pads: Sequence[int]) -> DwiSubject:
+    """``subject`` with ``pads[a]`` zero voxels added at the low end of each axis ``a`` (outside
+    the brain mask; the affine moved so that the world positions of the voxels stay)."""
+    width = [(int(p), 0) for p in pads]
+    affine = np.array(subject.affine, dtype=np.float64)
+    affine[:3, 3] -= affine[:3, :3] @ np.asarray(pads, dtype=np.float64)
+    return dataclasses.replace(
+        subject, shell=np.pad(subject.shell, width + [(0, 0)]),
+        mean_b0=np.pad(subject.mean_b0, width), mask=np.pad(subject.mask, width),
+        t1=None if subject.t1 is None else np.pad(subject.t1, width), affine=affine)
+
+
+def with_mean_b0_volume(subject: DwiSubject) -> DwiSubject:
+    """``subject`` with one more volume, the b=0 (attenuation 1 inside the brain mask, so
+    the mean b=0 itself in the signal domain), b-value 0 and a zero b-vector."""
+    b0 = subject.mask.astype(np.float32)[..., None]
+    return dataclasses.replace(subject, shell=np.concatenate([subject.shell, b0], -1),
+                               bvals=np.concatenate([subject.bvals, [0.0]]),
+                               bvecs=np.concatenate([subject.bvecs, np.zeros((3, 1))], 1))
 
 
 def as_signal(subject: DwiSubject, region: tuple[slice, ...]) -> DwiSubject:
@@ -96,13 +129,21 @@ class VolumePatchTask:
             ``own_resolution`` (the T1w at the HR patch's resolution, with its own query
             positions).
         level_norm: divide each patch by the level of its volume (the model's ``level_norm``).
+        fixed_scales: per-axis scales used by every step instead of ``dmri.scale_range``
+            (test-time adaptation to one requested upscaling).
     """
 
     n_spatial = 3
+    #: Brain voxels per subject on which synthesised volumes (``bvalue_power``, ``bvalue_mix``)
+    #: get their robust maximum and level.
+    PROBE_VOXELS = 20000
 
     def __init__(self, cfg: TrainConfig, subjects: list[DwiSubject], use_t1: bool = True,
-                 t1_mode: Optional[str] = "lr_channel", level_norm: bool = False):
+                 t1_mode: Optional[str] = "lr_channel", level_norm: bool = False,
+                 fixed_scales: Optional[Sequence[float]] = None):
         self.cfg = cfg
+        self.fixed_scales = None if fixed_scales is None else \
+            tuple(float(f) for f in np.broadcast_to(np.asarray(fixed_scales, float), 3))
         self.level_norm = level_norm
         self.d = cfg.dmri
         self.subjects = subjects
@@ -114,22 +155,45 @@ class VolumePatchTask:
             subjects = [simulate_shells(s, self.d.simulate_bvalues, self.d.simulate_per_bvalue,
                                         seed=cfg.run.seed + i) for i, s in enumerate(subjects)]
             self.subjects = subjects
-        largest = int(round(self.d.lr_patch * self.d.scale_range[1]))
+        top = max(self.fixed_scales) if self.fixed_scales else self.d.scale_range[1]
+        largest = int(round(self.d.lr_patch * top))
         self.regions, self.centres = [], []
+        prepared = []
         for s in subjects:
-            if use_t1 and s.t1 is None:
-                raise InputError(f"subject {s.name}: the model uses a T1w image, none loaded")
+            if use_t1 and s.t1 is None and not self.d.t1_dropout:
+                raise InputError(f"subject {s.name}: the model uses a T1w image, none loaded "
+                                 "(dmri.t1_dropout > 0 trains such subjects with a zero T1w)")
             train, _ = split_slab(s.shape, self.d.holdout_axis, self.d.holdout_fraction)
             extent = [r.stop - r.start for r in train]
             if min(extent) < largest:
-                raise InputError(f"subject {s.name}: training region {tuple(extent)} is smaller "
-                                 f"than the largest HR patch ({largest} voxels); lower "
-                                 "dmri.lr_patch, dmri.scale_range or dmri.holdout_fraction")
+                if not self.d.pad_to_patch:
+                    raise InputError(f"subject {s.name}: training region {tuple(extent)} is "
+                                     f"smaller than the largest HR patch ({largest} voxels); "
+                                     "lower dmri.lr_patch, dmri.scale_range or "
+                                     "dmri.holdout_fraction, or set dmri.pad_to_patch")
+                pads = [max(0, largest - e) for e in extent]
+                s = pad_subject(s, pads)
+                train = tuple(slice(0, r.stop + p) for r, p in zip(train, pads))
+            if self.d.include_b0:
+                s = with_mean_b0_volume(s)
             centres = np.argwhere(s.mask[train])
             if len(centres) == 0:
                 raise InputError(f"subject {s.name}: no brain voxel in the training region")
             self.regions.append(train)
             self.centres.append(centres)
+            prepared.append(s)
+        self.subjects = subjects = prepared
+        # The attenuations and brain probes that synthesised volumes are made from.
+        self.attenuations = [s.shell for s in subjects] if self.d.bvalue_power else []
+        self.probes = []
+        for i, (s, region) in enumerate(zip(subjects, self.regions)):
+            inside = np.zeros(s.shape, bool)
+            inside[region] = s.mask[region]
+            flat = np.flatnonzero(inside)
+            if flat.size > self.PROBE_VOXELS:
+                flat = np.sort(np.random.default_rng([cfg.run.seed, i]).choice(
+                    flat, self.PROBE_VOXELS, replace=False))
+            self.probes.append(flat)
         if self.d.domain == "signal":
             self.subjects = subjects = [as_signal(s, region)
                                         for s, region in zip(subjects, self.regions)]
@@ -151,12 +215,23 @@ class VolumePatchTask:
                 "simulated": {"bvalues": list(self.d.simulate_bvalues),
                               "per_bvalue": self.d.simulate_per_bvalue}
                 if self.d.simulate_bvalues else None,
-                "holdout": {"axis": self.d.holdout_axis, "fraction": self.d.holdout_fraction}}
+                "holdout": {"axis": self.d.holdout_axis, "fraction": self.d.holdout_fraction,
+                            "subject": self.d.holdout},
+                "all_shells": self.d.all_shells, "include_b0": self.d.include_b0,
+                "randomise": {"bvalue_power": list(self.d.bvalue_power),
+                              "bvalue_power_fraction": self.d.bvalue_power_fraction,
+                              "bvalue_mix": self.d.bvalue_mix, "noise": list(self.d.noise),
+                              "noise_fraction": self.d.noise_fraction, "bias": self.d.bias,
+                              "antialias_fraction": self.d.antialias_fraction,
+                              "t1_dropout": self.d.t1_dropout},
+                "fixed_scales": list(self.fixed_scales) if self.fixed_scales else None}
 
     def _plan(self, step: int):
         rng = np.random.default_rng([self.cfg.run.seed, step])
         lo, hi = self.d.scale_range
         drawn = rng.uniform(lo, hi, size=3 if self.d.per_axis else 1)
+        if self.fixed_scales is not None:
+            drawn = np.asarray(self.fixed_scales)
         hr_shape = tuple(int(round(self.d.lr_patch * s)) for s in np.broadcast_to(drawn, 3))
         samples = []
         for _ in range(self.cfg.optim.batch_size):
@@ -202,16 +277,33 @@ class VolumePatchTask:
         crop = tuple(slice(int(o), int(o + n)) for o, n in zip(origin, size))
         lr_shape = (self.d.lr_patch,) * 3
         orient = self._orientation(query_seed, hr_shape)
+        draws = self._draws(query_seed, index)
         # A new array: the crop may be a view of the subject's data.
-        hr = orient(s.shell[crop + (volume,)] / self.levels[index][volume]).astype(np.float32)
+        raw, level = self._volume_patch(index, volume, crop, draws)
+        if draws["bias"] is not None:
+            raw = raw * self._bias_field(s.shape, crop, draws["bias"])
+        hr = orient(raw).astype(np.float32)
         pick = np.random.default_rng(query_seed).choice(
             hr.size, self.d.queries, replace=hr.size < self.d.queries) if self.d.queries else None
-        item = {"lr": spline_resize(hr, lr_shape, order=3)[None].astype(np.float32),
+        lr = spline_resize(hr, lr_shape, order=3, antialias=draws["antialias"])
+        brain = np.ascontiguousarray(orient(s.mask[crop]), dtype=bool)
+        if draws["noise"]:
+            # Rician: the magnitude of the signal plus complex Gaussian noise, inside the brain
+            # of the LR patch (outside it the series path gives the model zeros).
+            sigma = np.float32(draws["noise"] / level)
+            inside = spline_resize(brain.astype(np.float32), lr_shape, order=1) >= 0.5
+            n = np.random.default_rng([query_seed, 4]).normal(size=(2,) + lr_shape)
+            noisy = np.sqrt((lr + sigma * n[0]) ** 2 + (sigma * n[1]) ** 2)
+            lr = np.where(inside, noisy, lr)
+        item = {"lr": lr[None].astype(np.float32),
                 "origin": origin.astype(np.int64), "volume": np.int64(volume)}
         if self.d.loss_region == "brain":
-            brain = np.ascontiguousarray(orient(s.mask[crop]), dtype=bool)[None]
-            item["brain"] = (brain.reshape(1, -1)[:, pick] if self.d.queries else brain)
-        if self.use_t1:
+            item["brain"] = (brain[None].reshape(1, -1)[:, pick] if self.d.queries
+                             else brain[None])
+        if self.use_t1 and (s.t1 is None or draws["drop_t1"]):
+            own = self.t1_mode == "own_resolution"
+            item["ref"] = np.zeros((1,) + (hr.shape if own else lr_shape), np.float32)
+        elif self.use_t1:
             t1_crop = crop
             # Its own generator, so that the shift changes nothing else of the plan.
             shift_rng = np.random.default_rng([query_seed, 1])
@@ -234,6 +326,76 @@ class VolumePatchTask:
         else:
             item["hr"] = hr[None]
         return item
+
+    def _draws(self, query_seed: int, index: int) -> dict:
+        """The diffusion randomisation of one sample (see :class:`DmriDataConfig`), from its own
+        generator; every number is always drawn, so that a switch changes nothing else."""
+        d = self.d
+        rng = np.random.default_rng([query_seed, 3])
+        u = rng.random(8)
+        coefficients = rng.uniform(-1.0, 1.0, size=9)
+        other = int(rng.integers(self.subjects[index].shell.shape[3]))
+        power = None
+        if d.bvalue_power and u[0] < d.bvalue_power_fraction:
+            lo, hi = d.bvalue_power
+            power = float(np.exp(np.log(lo) + u[1] * np.log(hi / lo)))
+        noise = 0.0
+        if d.noise and u[5] < d.noise_fraction:
+            noise = float(d.noise[0] + u[6] * (d.noise[1] - d.noise[0]))
+        return {"power": power,
+                "mix": (other, float(u[3])) if u[2] < d.bvalue_mix else None,
+                "bias": coefficients if d.bias > 0 else None,
+                "antialias": bool(u[4] < d.antialias_fraction),
+                "noise": noise, "drop_t1": bool(u[7] < d.t1_dropout)}
+
+    def _volume_patch(self, index: int, volume: int, crop: tuple, draws: dict
+                      ) -> tuple[np.ndarray, float]:
+        """``(HR patch before orientation, the level it was divided by)``: the training volume
+        cut at ``crop``, or with ``bvalue_power``/``bvalue_mix`` a volume synthesised from the
+        subject's, normalised as a measured one (robust maximum 1 over the training brain in the
+        signal domain, divided by its level with ``level_norm``), both on the brain probe."""
+        s = self.subjects[index]
+        if draws["power"] is None and draws["mix"] is None:
+            level = float(self.levels[index][volume])
+            return s.shell[crop + (volume,)] / np.float32(level), level
+        probe = self.probes[index]
+        n = s.shell.shape[3]
+        signal = self.d.domain == "signal"
+
+        def renormalise(patch: np.ndarray, sample: np.ndarray):
+            factor = robust_max(sample) if signal else 1.0
+            return patch / np.float32(factor), sample / np.float32(factor)
+
+        if draws["power"] is not None:
+            k = np.float32(draws["power"])
+            a = self.attenuations[index]
+            patch = np.power(a[crop + (volume,)], k)
+            sample = np.power(a.reshape(-1, n)[probe, volume], k)
+            if signal:
+                patch = patch * s.mean_b0[crop]
+                sample = sample * s.mean_b0.reshape(-1)[probe]
+                patch, sample = renormalise(patch, sample)
+        else:
+            patch = s.shell[crop + (volume,)]
+            sample = s.shell.reshape(-1, n)[probe, volume]
+        if draws["mix"] is not None:
+            other, w = draws["mix"]
+            w = np.float32(w)
+            patch = w * patch + (1 - w) * s.shell[crop + (other,)]
+            sample = w * sample + (1 - w) * s.shell.reshape(-1, n)[probe, other]
+            patch, sample = renormalise(patch, sample)
+        level = attenuation_level(sample) if self.level_norm else 1.0
+        return (patch / np.float32(level)).astype(np.float32), float(level)
+
+    def _bias_field(self, shape, crop: tuple, coefficients: np.ndarray) -> np.ndarray:
+        """``exp(bias * q(u))`` on the crop: ``q`` a quadratic in the volume's normalised
+        coordinates ``u`` in [-1, 1], scaled so that ``|q| <= 1`` anywhere in the volume."""
+        u = np.meshgrid(*[(np.arange(c.start, c.stop) + 0.5) / n * 2.0 - 1.0
+                          for c, n in zip(crop, shape)], indexing="ij")
+        terms = [u[0], u[1], u[2], u[0] * u[0], u[1] * u[1], u[2] * u[2], u[0] * u[1],
+                 u[0] * u[2], u[1] * u[2]]
+        q = sum(c * t for c, t in zip(coefficients, terms)) / np.abs(coefficients).sum()
+        return np.exp(self.d.bias * q).astype(np.float32)
 
     def _orientation(self, query_seed: int, hr_shape) -> Callable[[np.ndarray], np.ndarray]:
         """With ``dmri.augment``, a random flip of each axis and a random order of the axes of
