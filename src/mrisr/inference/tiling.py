@@ -95,7 +95,10 @@ def decode_layerwise(model, encoded, query, tile: int, keep_bytes: Optional[int]
     n_rows, width = shape
     radius = int(model.fusion_layer_radius)
     rows = max(radius, 1, (tile * tile) // width)
-    bands = [slice(a, min(a + rows, n_rows)) for a in range(0, n_rows, rows)]
+
+    def cut(rows: int) -> list:
+        return [slice(a, min(a + rows, n_rows)) for a in range(0, n_rows, rows)]
+    bands = cut(rows)
 
     def halo(band: slice, r: int) -> slice:
         return slice(max(0, band.start - r), min(n_rows, band.stop + r))
@@ -110,10 +113,14 @@ def decode_layerwise(model, encoded, query, tile: int, keep_bytes: Optional[int]
             x, h = _empty_grid(xb, shape), _empty_grid(hb, shape)
         x[:, :, band] = xb
         h[:, :, band] = hb
+    del xb, hb
+    keep = x.numel() * x.element_size() <= keep_bytes
+    if not keep:  # half-height bands: the second pass's temporaries are then smaller
+        bands = cut(max(radius, 1, rows // 2))
     for i, layer in enumerate(model.fusion):
         pooled, y = None, None
         if layer.attention.mlp is not None:
-            y = torch.empty_like(x) if x.numel() * x.element_size() <= keep_bytes else None
+            y = torch.empty_like(x) if keep else None
             total, peak = 0.0, None
             for band in bands:
                 window = halo(band, radius)
@@ -135,7 +142,7 @@ def decode_layerwise(model, encoded, query, tile: int, keep_bytes: Optional[int]
                 window = halo(band, radius)
                 below = x[:, :, band.start:window.stop]
                 xw = below if saved is None else torch.cat([saved, below], dim=2)
-                new = layer.attention(layer.pre_attention(xw), pooled).add_(xw)[
+                new = layer.attention(layer.pre_attention(xw), pooled, inplace=True).add_(xw)[
                     :, :, inner(band, window)]
                 del xw
                 saved = x[:, :, band.stop - radius:band.stop].clone() if radius else None

@@ -16,8 +16,10 @@ the reference's *own* in-plane resolution, with one reference slice per target s
 fed to the model at its own scale. Output voxels whose slice has no reference coverage are
 reported (the reference is zero there).
 
-Memory: the LR slice is encoded once; the output slice is decoded in tiles (exactly equal to an
-untiled decode); the result goes into one preallocated (optionally memory-mapped) array.
+Memory: the LR slice is encoded once; the output slice is decoded in tiles or, for
+Dual-ArbNet, layer by layer over bands of rows (equal to an untiled decode up to float
+rounding; :mod:`mrisr.inference.tiling`); the result goes into one preallocated (optionally
+memory-mapped) array.
 4D series are processed volume by volume and streamed to disk as they finish.
 
 3D models (``model.dims == 3``, the CSR-dMRI family) take whole volumes instead of slices: see

@@ -110,13 +110,16 @@ class ChannelSpatialAttention(nn.Module):
         """Global (average, maximum) over the spatial axes: two ``(B, C, 1, 1)`` tensors."""
         return x.mean(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True)
 
-    def forward(self, x: torch.Tensor, pooled=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pooled=None, inplace: bool = False) -> torch.Tensor:
+        """``inplace``: scale ``x`` itself (a fresh tensor nobody else reads; no gradients)."""
         if self.mlp is not None:
             avg, mx = pooled if pooled is not None else self.pool(x)
-            x = x * torch.sigmoid(self.mlp(avg) + self.mlp(mx))
+            weight = torch.sigmoid(self.mlp(avg) + self.mlp(mx))
+            x = x.mul_(weight) if inplace else x * weight
         if self.spatial is not None:
             maps = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], 1)
-            x = x * torch.sigmoid(self.spatial(maps))
+            weight = torch.sigmoid(self.spatial(maps))
+            x = x.mul_(weight) if inplace else x * weight
         return x
 
 
@@ -305,8 +308,9 @@ class DualArbNet(nn.Module):
     # The pieces of :meth:`decode`, for decoding layer by layer (mrisr.inference.tiling).
     def decode_begin(self, enc: Encoded, query: GridQuery) -> tuple[torch.Tensor, torch.Tensor]:
         """The fusion input and the first IDF state on the grid of ``query``."""
-        # Channels-last: the layout in which oneDNN runs the output-resolution convs fastest.
-        cl = torch.channels_last
+        # Inference: channels-last, the layout in which oneDNN runs the output-resolution
+        # convs fastest (with gradients it measured slower).
+        cl = torch.contiguous_format if torch.is_grad_enabled() else torch.channels_last
         x = self._fusion_input(enc, query).contiguous(memory_format=cl)
         h = torch.sin(self.idf_in(self._query_features(query, enc, x.dtype)
                                   .contiguous(memory_format=cl)))

@@ -31,15 +31,16 @@ for preset in (
 ):
     register_preset(preset)
 
-# The same architectures trained for other sites' scans (configs/train_*_robust.yaml): every
+# The same architectures trained for other sites' scans (configs/train_*_robust*.yaml): every
 # brats18 contrast pair, whole heads with synthetic contrasts, domain randomisation, random
-# acquisitions including thick slices. The defaults of `mrisr upscale` for 3D volumes.
+# acquisitions including thick slices (docs/BENCHMARKS.md, "Scans unlike the training data").
 for preset in (
     Preset("dualarbnet_robust", "dualarbnet", _COMPACT_DUALARBNET,
-           "dualarbnet_s trained on several sources with domain randomisation and random "
-           "acquisitions (thick slices too); default with --ref"),
+           "dualarbnet_s fine-tuned on several sources with domain randomisation and random "
+           "acquisitions (thick slices too)"),
     Preset("liif_robust", "liif", {**_COMPACT_ENCODER, "hidden": [96, 96, 96, 96]},
-           "liif_s trained like dualarbnet_robust; default without --ref"),
+           "liif_s trained from scratch like the first dualarbnet_robust attempt (not "
+           "shipped: below liif_s on k-space-cropped inputs)"),
 ):
     register_preset(preset)
 

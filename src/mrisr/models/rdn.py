@@ -116,11 +116,13 @@ class RDN(nn.Module):
         self.receptive_radius = 2 + D * C + 1
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.dims == 2:
-            # 2D convolutions run in channels-last layout (faster with oneDNN on CPUs; the
-            # same numbers up to float rounding). The output keeps that layout.
-            x = x.contiguous(memory_format=torch.channels_last)
         shallow = self.sfe1(x)
+        if self.dims == 2 and not torch.is_grad_enabled():
+            # Inference runs the 2D convolutions in channels-last layout (faster with oneDNN on
+            # CPUs; the same numbers up to float rounding; with gradients it measured slower).
+            # The output keeps that layout. (A 1-channel input is both layouts at once, so the
+            # layout is set on the first features.)
+            shallow = shallow.contiguous(memory_format=torch.channels_last)
         h = self.sfe2(shallow)
         outputs = []
         for block in self.blocks:

@@ -60,6 +60,23 @@ def check_run_folder(output: str | os.PathLike, resume: Optional[str] = None,
                           "auto or start over with --overwrite")
 
 
+def initialise_from(model, source: str) -> None:
+    """Load the weights of ``source`` (a preset with shipped weights or a checkpoint path)
+    into ``model``; both must be the same architecture with the same arguments."""
+    from mrisr.models.checkpoint import describe, load_checkpoint
+    from mrisr.models.registry import PRESETS, weights_path
+
+    path = weights_path(source) if source in PRESETS else Path(source)
+    if not path.exists():
+        raise InputError(f"{source}: no weights to start from (model.init)")
+    loaded = load_checkpoint(path)
+    theirs, mine = describe(loaded.model), describe(model)
+    if theirs["architecture"] != mine["architecture"] or theirs["args"] != mine["args"]:
+        raise ConfigError(f"model.init {source}: weights of {theirs['architecture']} "
+                          f"{theirs['args']}, the model is {mine['architecture']} {mine['args']}")
+    model.load_state_dict(loaded.model.state_dict())
+
+
 def train(cfg: TrainConfig, resume: Optional[str] = None, show_progress: bool = True,
           overwrite: bool = False) -> Optional[Path]:
     """Train the model of ``cfg``; ``resume``: a ``last.pt`` path, or ``"auto"`` to continue
@@ -76,6 +93,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, show_progress: bool = 
     try:
         torch.manual_seed(cfg.run.seed)  # same initial weights on every rank
         model = create_model(cfg.model.name, **cfg.model.args)
+        if cfg.model.init:
+            initialise_from(model, cfg.model.init)
         task = build_task(cfg, model)
         manifest_digest = None
         if cfg.task == "slices2d" and cfg.data.dataset.kind != "phantom":

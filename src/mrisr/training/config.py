@@ -11,10 +11,15 @@ from mrisr.errors import ConfigError
 
 @dataclass
 class ModelSpec:
-    """Registry name (preset or architecture) and argument overrides."""
+    """Registry name (preset or architecture) and argument overrides.
+
+    init: start from trained weights instead of a random initialisation: a preset with shipped
+    weights or a checkpoint path, of the same architecture and arguments (fine-tuning).
+    """
 
     name: str = "dualarbnet_s"
     args: dict = field(default_factory=dict)
+    init: Optional[str] = None
 
 
 @dataclass
