@@ -24,13 +24,18 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results" / "cross"
-INPLANE_SETS = ("brats", "ixi", "head", "phantom")
+INPLANE_SETS = ("brats", "ixi", "ixi_registered", "head", "phantom")
 DEGRADATIONS = ("kspace", "gaussian")
 #: Rows whose gains over zero-filled k-space and cubic interpolation are tabulated.
 GAIN_ROWS = ("Dual-ArbNet (dualarbnet_s) + projection", "LIIF (liif_s) + projection",
              "Dual-ArbNet (dualarbnet_s) + projection + adapt 40",
              "Dual-ArbNet robust + projection", "Dual-ArbNet robust + projection + adapt 40")
 ADAPT_STEPS = 40
+#: Row order of the joined tables (methods not listed come last).
+ROW_ORDER = ("cubic", "kspace_zerofill", "LIIF (liif_s)", "LIIF (liif_s) + projection",
+             "Dual-ArbNet (dualarbnet_s)", "Dual-ArbNet (dualarbnet_s) + projection",
+             "Dual-ArbNet (dualarbnet_s) + projection + adapt 40",
+             "Dual-ArbNet robust + projection", "Dual-ArbNet robust + projection + adapt 40")
 
 
 def _model(name: str, label: str, consistency: str = "none", adapt: int = 0) -> dict:
@@ -120,13 +125,17 @@ def table() -> str:
             order += [m for m in dict.fromkeys(r["method"] for r in rows) if m not in order]
         if not cols:
             continue
+        order.sort(key=lambda m: (ROW_ORDER.index(m) if m in ROW_ORDER else len(ROW_ORDER)))
         head = "| method | " + " | ".join(f"{n} x{s}" for n, s in cols) + " |"
-        lines = [f"**{degradation}** (PSNR dB / SSIM)", "", head,
-                 "|---|" + "---|" * len(cols)]
+        rule = "|---|" + "---|" * len(cols)
+        lines = [f"**{degradation}: PSNR (dB)**", "", head, rule]
+        ssim = ["", f"**{degradation}: SSIM**", "", head, rule]
         for m in order:
             cells = [means[n].get(m, {}).get(s) for n, s in cols]
             lines.append(f"| {m} | " + " | ".join(
-                f"{c[0]:.2f} / {c[1]:.3f}" if c else "-" for c in cells) + " |")
+                f"{c[0]:.2f}" if c else "-" for c in cells) + " |")
+            ssim.append(f"| {m} | " + " | ".join(
+                f"{c[1]:.3f}" if c else "-" for c in cells) + " |")
         for label in GAIN_ROWS:
             for base in ("kspace_zerofill", "cubic"):
                 cells = []
@@ -136,7 +145,7 @@ def table() -> str:
                 if any(c != "-" for c in cells):
                     lines.append(f"| gain of {label} over {base} (dB) | " + " | ".join(cells)
                                  + " |")
-        blocks.append("\n".join(lines))
+        blocks.append("\n".join(lines + ssim))
     return "\n\n".join(blocks)
 
 

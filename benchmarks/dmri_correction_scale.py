@@ -25,8 +25,8 @@ from mrisr.data.dwi import load_dwi_subject
 from mrisr.degradation import degrade, spline_resize
 from mrisr.evaluation.diffusion import evaluate_dwi_volume
 from mrisr.evaluation.methods import SRCase
+from mrisr.evaluation.model_methods import VolumeModelMethod
 from mrisr.grid import effective_scale
-from mrisr.inference.volume3d import VolumeModelMethod
 from mrisr.training.volumes import split_slab
 
 from dmri_domain_stats import SUBJECTS  # the two series' file names (benchmarks/ is on the path)

@@ -43,7 +43,7 @@ def main() -> None:
         target = hr[..., v]
         lr = degrade(target[None], args.scale, kind="bicubic", n_spatial=3)[0]
         cubic = spline_resize(lr, target.shape, 3)
-        sr = upscaler(lr, target.shape, t1 if model.use_reference else None)
+        sr = upscaler(lr, target.shape, t1 if model.uses_reference else None)
         ratios = [f"{name} {((sr - target)[r] ** 2).mean() / ((cubic - target)[r] ** 2).mean():.3f}"
                   for name, r in regions.items()]
         print(f"volume {v}: " + ", ".join(ratios))

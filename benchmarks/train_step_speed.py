@@ -1,6 +1,6 @@
 """Time one training step (forward + backward + Adam) of the 2D presets, side by side.
 
-Reproduces the setting of METHODS.md's reference-code figures: batch 6, 32x32 LR patches,
+Setting of the reference-code times in docs/REFERENCE_NOTES.md: batch 6, 32x32 LR patches,
 x2 and x4, HR reference. Inputs are random tensors (speed does not depend on content).
 
     python benchmarks/train_step_speed.py --threads 2 --repeats 3

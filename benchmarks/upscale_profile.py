@@ -78,7 +78,10 @@ class Sections:
 
 
 def instrument(sections: Sections) -> None:
-    import mrisr.evaluation.methods as methods
+    try:
+        import mrisr.degradation.interpolation as interpolation
+    except ImportError:  # an older checkout (--old-src): interpolate() lived in evaluation
+        import mrisr.evaluation.methods as interpolation
     import mrisr.inference.predict as predict
     import mrisr.inference.upscale as up
     import mrisr.resample as resample
@@ -90,7 +93,7 @@ def instrument(sections: Sections) -> None:
     sections.wrap(StreamingNiftiWriter, "write_volume", "write")
     sections.wrap(resample, "resample_to_grid", "reference resampling")
     sections.wrap(up, "apply_consistency", "consistency")
-    sections.wrap(methods, "interpolate", "interpolation")
+    sections.wrap(interpolation, "interpolate", "interpolation")
     sections.wrap(predict, "decode_tiled", "decoder (rest)")
     calls = {"n": 0}
 

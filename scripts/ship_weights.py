@@ -17,8 +17,9 @@ from pathlib import Path
 import torch
 import yaml
 
-from mrisr.models.checkpoint import describe, load_checkpoint
-from mrisr.models.registry import PRESETS, create_model
+from mrisr.models.checkpoint import describe
+from mrisr.models.loading import create_model, load_checkpoint
+from mrisr.models.registry import PRESETS
 
 
 def main(run: str, name: str, config: str | None = None) -> None:

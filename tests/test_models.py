@@ -125,7 +125,7 @@ def test_ablation_presets_change_the_idf_input():
 
 def test_reference_code_preset_has_its_size():
     n = sum(p.numel() for p in create_model("dualarbnet_ref").parameters())
-    assert abs(n - 13.7e6) < 0.1e6  # METHODS.md: 13.7 M parameters
+    assert abs(n - 13.7e6) < 0.1e6  # docs/REFERENCE_NOTES.md: 13.7 M parameters
 
 
 def test_checkpoints_describe_themselves_and_load_weights_only(tmp_path):

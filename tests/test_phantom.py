@@ -109,8 +109,16 @@ def test_spin_echo_equation():
     expected = 0.5 * (1 - np.exp(-1)) * np.exp(-1)
     assert spin_echo(0.5, 1000.0, 100.0, 1000.0, 100.0) == pytest.approx(expected)
     assert spin_echo(1.0, 1000.0, 100.0, 1e9, 0.0) == pytest.approx(1.0)
-    pd, t1, t2 = TISSUE_PARAMETERS[WM]
-    assert (pd, t1, t2) == (0.69, 832.0, 80.0)
+
+
+def test_tissue_parameters_are_physically_ordered():
+    pd, t1, t2 = TISSUE_PARAMETERS[[WM, GM, CSF]].T
+    # Water content and both relaxation times grow from white matter through grey matter to CSF.
+    for values in (pd, t1, t2):
+        assert np.all(np.diff(values) > 0)
+    # Relaxation: T2 never exceeds T1. A lesion holds more free water than the WM around it.
+    assert np.all(TISSUE_PARAMETERS[1:, 2] < TISSUE_PARAMETERS[1:, 1])
+    assert np.all(TISSUE_PARAMETERS[LESION] > TISSUE_PARAMETERS[WM])
 
 
 def test_tissue_contrast_ordering(clean):
@@ -125,6 +133,25 @@ def test_tissue_contrast_ordering(clean):
     # Tissue ratios follow the signal equation up to the weak bias field.
     theory = spin_echo(*TISSUE_PARAMETERS.T, *SEQUENCES["t1w"])
     assert med["t1w"][WM] / med["t1w"][GM] == pytest.approx(theory[WM] / theory[GM], rel=0.1)
+
+
+def test_contrasts_share_one_bias_field_and_follow_the_signal_equation(clean):
+    """The bias field multiplies the three contrasts alike, so a ratio of two contrasts is flat
+    inside a tissue although each image drifts, and that ratio compared between tissues is what
+    the spin-echo equation gives for the tissue parameters (the bias and normalisation cancel)."""
+    theory = {key: spin_echo(*TISSUE_PARAMETERS.T, *SEQUENCES[key]) for key in SEQUENCES}
+    for key in ("t2w", "pd"):
+        ratio = {}
+        for lab in (CSF, GM, WM):
+            pure = _pure(clean.labels, lab, iterations=2)
+            t1w = clean.t1w[pure].astype(np.float64)
+            r = getattr(clean, key)[pure] / t1w
+            assert t1w.std() > 0.01 * t1w.mean()  # the bias field is there ...
+            assert r.std() < 0.01 * r.mean()      # ... and cancels in the ratio
+            ratio[lab] = np.median(r)
+        expected = {lab: theory[key][lab] / theory["t1w"][lab] for lab in (CSF, GM, WM)}
+        for lab in (CSF, GM):
+            assert ratio[lab] / ratio[WM] == pytest.approx(expected[lab] / expected[WM], rel=0.01)
 
 
 def test_noise_is_small_and_rician(noisy):

@@ -202,42 +202,76 @@ def test_4d_series_volume_by_volume_with_bvals(tmp_path):
     np.testing.assert_allclose(np.asarray(img.dataobj)[..., 2], one.data, rtol=1e-5, atol=1e-6)
 
 
-@shipped
-def test_safety_existing_outputs_interrupts_and_size_limits(tmp_path, monkeypatch, capsys):
+# -- safety of `mrisr upscale` (one behaviour per test) -------------------------------------
+
+@pytest.fixture(scope="module")
+def small_t2():
     ph = make_brain_phantom(shape=(48, 48, 6), voxel_size=(2, 2, 4))
-    save_nifti(ph.t2w, ph.affine, tmp_path / "t2.nii.gz")
-    before = (tmp_path / "t2.nii.gz").read_bytes()
-    code = main(["upscale", str(tmp_path / "t2.nii.gz"), "--scale", "2,2,1", "-o",
-                 str(tmp_path / "t2.nii.gz"), "--overwrite", "-q"])
-    assert code == 2 and "overwrite an input" in capsys.readouterr().err
-    assert (tmp_path / "t2.nii.gz").read_bytes() == before
-    assert main(["upscale", str(tmp_path / "t2.nii.gz"), "--scale", "2,2,1", "-o",
-                 str(tmp_path / "sr.nii.gz"), "-q"]) == 0
-    code = main(["upscale", str(tmp_path / "t2.nii.gz"), "--scale", "2,2,1", "-o",
-                 str(tmp_path / "sr.nii.gz"), "-q"])
-    assert code == 2 and "exists" in capsys.readouterr().err
-    # An interrupted run leaves no partial output and no temporary file behind.
+    return ph.t2w, ph.affine
+
+
+@pytest.fixture
+def scan(tmp_path, small_t2):
+    """A small T2w NIfTI alone in a fresh folder."""
+    path = tmp_path / "t2.nii.gz"
+    save_nifti(*small_t2, path)
+    return path
+
+
+def upscale_cli(scan, out, *extra):
+    return main(["upscale", str(scan), "--scale", "2,2,1", "-o", str(out), "-q", *extra])
+
+
+def test_overwrite_flag_never_replaces_an_input(scan, capsys):
+    before = scan.read_bytes()
+    assert upscale_cli(scan, scan, "--overwrite") == 2
+    assert "overwrite an input" in capsys.readouterr().err
+    assert scan.read_bytes() == before
+
+
+@shipped
+def test_existing_output_is_kept_unless_overwrite_is_given(scan, capsys):
+    out = scan.parent / "sr.nii.gz"
+    out.write_bytes(b"an earlier result")
+    assert upscale_cli(scan, out) == 2
+    assert "exists" in capsys.readouterr().err
+    assert out.read_bytes() == b"an earlier result"
+    # The refusal is about the existing file: with --overwrite the same command replaces it.
+    assert upscale_cli(scan, out, "--overwrite") == 0
+    assert nib.load(str(out)).shape == (96, 96, 6)
+
+
+@shipped
+def test_interrupted_run_leaves_no_partial_output_or_temporary_file(scan, monkeypatch):
     calls = {"n": 0}
     original = up.SliceUpscaler._batch
 
-    def failing(self, *a):
+    def interrupted_at_the_third_batch(self, *a):
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
         return original(self, *a)
-    monkeypatch.setattr(up.SliceUpscaler, "_batch", failing)
-    assert main(["upscale", str(tmp_path / "t2.nii.gz"), "--scale", "2,2,1", "-o",
-                 str(tmp_path / "x.nii.gz"), "-q"]) == 130
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["sr.json", "sr.nii.gz", "t2.nii.gz"]
+    monkeypatch.setattr(up.SliceUpscaler, "_batch", interrupted_at_the_third_batch)
+    assert upscale_cli(scan, scan.parent / "x.nii.gz") == 130
+    assert calls["n"] == 3  # stopped part-way, after two batches had been upscaled
+    assert sorted(p.name for p in scan.parent.iterdir()) == ["t2.nii.gz"]
+
+
+@shipped
+def test_output_larger_than_memory_is_refused_before_any_work(scan, monkeypatch, capsys):
     monkeypatch.setattr(up, "available_memory", lambda: 10_000)
-    code = main(["upscale", str(tmp_path / "t2.nii.gz"), "--scale", "8", "-o",
-                 str(tmp_path / "big.nii.gz"), "-q"])
+    out = scan.parent / "big.nii.gz"
+    assert main(["upscale", str(scan), "--scale", "8", "-o", str(out), "-q"]) == 2
     err = capsys.readouterr().err
-    assert code == 2 and "memory" in err and "big.nii.gz" in err
+    assert "memory" in err and "big.nii.gz" in err
+    assert sorted(p.name for p in scan.parent.iterdir()) == ["t2.nii.gz"]
+
+
+def test_zero_scale_is_a_usage_error(scan):
+    out = scan.parent / "z.nii.gz"
     with pytest.raises(SystemExit) as info:
-        main(["upscale", str(tmp_path / "t2.nii.gz"), "--scale", "0", "-o",
-              str(tmp_path / "z.nii.gz"), "-q"])
-    assert info.value.code == 2 and not (tmp_path / "z.nii.gz").exists()
+        main(["upscale", str(scan), "--scale", "0", "-o", str(out), "-q"])
+    assert info.value.code == 2 and not out.exists()
 
 
 @shipped

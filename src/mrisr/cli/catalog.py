@@ -1,11 +1,13 @@
 """What the command line lists and accepts, known without importing torch.
 
-The registries themselves live in modules that import torch (4-9 s on a cold start), so
-``mrisr models``, ``mrisr info`` and the argument checks read them here instead:
+Importing torch takes 4-9 s on a cold start, so ``mrisr models``, ``mrisr info`` and the
+argument checks read the registries without it:
 
-* the degradations from the ``DEGRADATIONS`` literal in ``mrisr/degradation/__init__.py``;
-* the model presets by running ``mrisr/models/registry.py`` and ``presets.py`` (neither imports
-  torch) under a bare stand-in for the ``mrisr.models`` package;
+* the model presets from :mod:`mrisr.models.registry` (the ``mrisr.models`` package and its
+  presets import no torch);
+* the interpolation baselines from :mod:`mrisr.inference.selection` (no torch either);
+* the degradations from the ``register_degradation("name", ...)`` calls in
+  ``mrisr/degradation/__init__.py`` (that package imports torch), read with :mod:`ast`;
 * the evaluation methods and metric protocols from the tuples below.
 
 ``tests/test_faults.py`` checks that every list here equals the registry it stands for.
@@ -13,69 +15,56 @@ The registries themselves live in modules that import torch (4-9 s on a cold sta
 from __future__ import annotations
 
 import ast
-import importlib
-import sys
-import types
 from pathlib import Path
 
 import mrisr
+from mrisr.inference.selection import INTERPOLATION_MODELS
+from mrisr.models.registry import PRESETS, Preset, list_models
+from mrisr.models.registry import weights_path as _weights_path
 
 _PACKAGE = Path(mrisr.__file__).resolve().parent
 
 #: Interpolation baselines (``mrisr.evaluation.methods``): usable as ``upscale --model``.
-INTERPOLATIONS = ("nearest", "linear", "cubic", "kspace_zerofill")
+INTERPOLATIONS = tuple(INTERPOLATION_MODELS)
 #: Evaluation methods: the interpolation baselines and the learned-model plug-ins.
 METHODS = tuple(sorted(INTERPOLATIONS + ("model", "model3d")))
 #: Metric protocols (``mrisr.evaluation.metrics.PROTOCOLS``).
 PROTOCOLS = ("dualarbnet", "fastmri", "brainmask")
 
 
-def _literal_dict_keys(path: Path, name: str) -> list[str]:
+def _registered_names(path: Path, function: str) -> list[str]:
+    """The first (string) argument of every call of ``function`` in ``path``, in source
+    order (decorators included)."""
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else \
-            [node.target] if isinstance(node, ast.AnnAssign) else []
-        if any(isinstance(t, ast.Name) and t.id == name for t in targets) and \
-                isinstance(node.value, ast.Dict):
-            return [k.value for k in node.value.keys if isinstance(k, ast.Constant)]
-    raise LookupError(f"{path}: no literal dict {name}")
+    calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)
+             and isinstance(node.func, ast.Name) and node.func.id == function
+             and node.args and isinstance(node.args[0], ast.Constant)
+             and isinstance(node.args[0].value, str)]
+    calls.sort(key=lambda node: (node.lineno, node.col_offset))
+    if not calls:
+        raise LookupError(f"{path}: no call of {function}")
+    return [node.args[0].value for node in calls]
 
 
 def degradations() -> list[str]:
     """Names of ``mrisr.degradation.DEGRADATIONS``, in their order."""
     try:
-        return _literal_dict_keys(_PACKAGE / "degradation" / "__init__.py", "DEGRADATIONS")
-    except (OSError, SyntaxError, LookupError):  # not a literal any more: ask the registry
+        return _registered_names(_PACKAGE / "degradation" / "__init__.py",
+                                 "register_degradation")
+    except (OSError, SyntaxError, LookupError):  # registered otherwise: ask the registry
         from mrisr.degradation import DEGRADATIONS
         return list(DEGRADATIONS)
 
 
-def read_presets() -> dict:
+def read_presets() -> dict[str, Preset]:
     """``name -> Preset`` of every model preset (``mrisr.models.registry.PRESETS``)."""
-    real = sys.modules.get("mrisr.models")
-    if real is not None and not getattr(real, "_mrisr_stand_in", False):
-        from mrisr.models.registry import PRESETS
-        return dict(PRESETS)
-    stand_in = types.ModuleType("mrisr.models")
-    stand_in.__path__ = [str(_PACKAGE / "models")]
-    stand_in._mrisr_stand_in = True
-    sys.modules["mrisr.models"] = stand_in
-    try:
-        importlib.import_module("mrisr.models.presets")
-        return dict(sys.modules["mrisr.models.registry"].PRESETS)
-    finally:
-        # The real package (with the architectures) is imported normally when needed.
-        for name in [n for n in sys.modules if n == "mrisr.models" or
-                     n.startswith("mrisr.models.")]:
-            del sys.modules[name]
-        if getattr(mrisr, "models", None) is stand_in:
-            del mrisr.models
+    return dict(PRESETS)
 
 
 def weights_path(name: str) -> Path:
     """The shipped checkpoint of a preset (it may not exist)."""
-    return _PACKAGE / "weights" / f"{name}.pt"
+    return _weights_path(name)
 
 
 def shipped_presets() -> list[str]:
-    return sorted(n for n in read_presets() if weights_path(n).exists())
+    return list_models(pretrained=True)

@@ -180,29 +180,15 @@ def _sweep(folder) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from mrisr.config import from_dict, load_yaml, merge
-    from mrisr.configs import packaged_config
-    from mrisr.evaluation.harness import EvaluateConfig, evaluate
-    from mrisr.evaluation.report import write_report
+    from mrisr import evaluation
 
-    path = args.config or packaged_config("phantom_eval.yaml")
-    data = merge(load_yaml(path), _overrides(args.set))
-    if data.get("task") == "dmri3d":
-        # 3D diffusion SR (CSR-dMRI Table 1 layout and tensor fidelity).
-        from mrisr.evaluation.dmri import DmriEvaluateConfig, evaluate_dmri, write_dmri_report
-        dcfg = from_dict(DmriEvaluateConfig, data, source=str(path))
-        if Path(args.output or dcfg.output).is_dir():
-            _sweep(args.output or dcfg.output)
-        result = evaluate_dmri(dcfg, show_progress=not args.quiet)
-        paths = write_dmri_report(result, Path(args.output or dcfg.output))
-    else:
-        cfg = from_dict(EvaluateConfig, data, source=str(path))
-        if Path(args.output or cfg.output).is_dir():
-            _sweep(args.output or cfg.output)
-        result = evaluate(cfg, show_progress=not args.quiet)
-        paths = write_report(result, Path(args.output or cfg.output))
-    print(Path(paths["table"]).read_text())
-    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    def sweep(folder: Path) -> None:
+        if folder.is_dir():
+            _sweep(folder)
+    run = evaluation.run(args.config, overrides=_overrides(args.set), output=args.output,
+                         show_progress=not args.quiet, before=sweep)
+    print(Path(run.paths["table"]).read_text())
+    print(f"wrote {', '.join(str(p) for p in run.paths.values())}")
     return 0
 
 
@@ -215,9 +201,7 @@ def _overrides(items) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from mrisr.training import load_train_config, train
-
-    from mrisr.training import check_run_folder
+    from mrisr.training import check_run_folder, load_train_config, train
 
     cfg = load_train_config(args.config, _overrides(args.set))
     if args.output:
@@ -225,118 +209,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     check_run_folder(cfg.output, args.resume, args.overwrite)
     if os.environ.get("RANK", "0") == "0" and Path(cfg.output).is_dir():
         _sweep(cfg.output)
+    validator = None
+    if cfg.validation.every:
+        # Training knows nothing of evaluation: its periodic validation is given to it.
+        from mrisr.evaluation.validation import slice_validator
+        validator = slice_validator(cfg.validation.evaluate, cfg.data.input)
     final = train(cfg, resume=args.resume, overwrite=args.overwrite,
-                  show_progress=not args.quiet)
+                  show_progress=not args.quiet, validator=validator)
     if final is not None:
         print(f"wrote {final}")
     return 0
 
 
-def _is_batch(args) -> bool:
-    from mrisr.io.nifti import is_nifti_path
-
-    target = Path(args.target)
-    return not (target.is_file() and is_nifti_path(target))
-
-
-def _path_key(path) -> str:
-    return os.path.normcase(os.path.realpath(path))
-
-
-def _output_stem(path: Path) -> Path:
-    """Output name without extension: its sidecar and b-tables share it."""
-    name = path.name
-    for ext in (".nii.gz", ".nii"):
-        if name.lower().endswith(ext):
-            return path.with_name(name[:-len(ext)])
-    return path
-
-
-def _check_batch_names(source: Path, jobs) -> None:
-    """Before any work: no two outputs (with their sidecars) of a batch share a name, and no
-    output is an input of the batch."""
-    inputs = {_path_key(p): p for t, r, _ in jobs for p in (t, r) if p is not None}
-    seen: dict[str, Path] = {}
-    for target, _, out in jobs:
-        key = _path_key(_output_stem(out))
-        if key in seen:
-            raise InputError(f"{source}: {seen[key]} and {target} would both be written to "
-                             f"{_output_stem(out)}.* (same name); rename one or upscale them "
-                             "in separate runs")
-        seen[key] = target
-        if _path_key(out) in inputs:
-            raise InputError(f"{out}: output would overwrite an input file of the batch")
-
-
-def _upscale_jobs(args) -> list[tuple[Path, Optional[Path], Path]]:
-    """(target, reference, output) for a single file, a folder or a list file."""
-    from mrisr.io.nifti import is_nifti_path
-
-    target = Path(args.target)
-    out = Path(args.output)
-    if target.is_file() and is_nifti_path(target):
-        return [(target, Path(args.ref) if args.ref else None, out)]
-    if target.is_dir():
-        # Hidden files are skipped: among them, temporaries of interrupted runs.
-        pairs = [(p, None) for p in sorted(target.iterdir())
-                 if is_nifti_path(p) and not p.name.startswith(".")]
-        if args.ref:
-            raise InputError(f"{target}: --ref applies to one target; for a batch give a list "
-                             "file with 'target reference' per line")
-    elif target.is_file():
-        pairs = []
-        try:
-            text = target.read_text(encoding="utf-8")
-        except UnicodeDecodeError:
-            raise InputError(f"{target}: neither a NIfTI file (.nii, .nii.gz) nor a text list "
-                             "of targets") from None
-        for n, line in enumerate(text.splitlines(), 1):
-            parts = line.split("#")[0].split()
-            if not parts:
-                continue
-            if len(parts) > 2:
-                raise InputError(f"{target}: line {n}: expected 'target [reference]'")
-            base = target.parent
-            pairs.append((base / parts[0], base / parts[1] if len(parts) == 2 else None))
-    else:
-        raise InputError(f"{target}: file not found")
-    if not pairs:
-        raise InputError(f"{target}: no NIfTI file to upscale")
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out}: for several inputs the output must be a folder")
-    jobs = [(t, r, out / t.name) for t, r in pairs]
-    _check_batch_names(target, jobs)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{out}: cannot create the output folder ({exc.strerror})") from None
-    return jobs
-
-
-def _check_model_name(name: Optional[str]) -> None:
-    """``--model`` before torch: an interpolation, a preset with weights or an existing file."""
-    from mrisr.cli.catalog import INTERPOLATIONS, read_presets, shipped_presets, weights_path
-
-    if name is None or name in INTERPOLATIONS:
-        return
-    if name in read_presets():
-        if not weights_path(name).exists():
-            raise InputError(f"model '{name}' has no shipped weights; give a checkpoint path")
-        return
-    if not Path(name).is_file():
-        raise InputError(f"{name}: model not found (a preset with weights: "
-                         f"{', '.join(shipped_presets())}; an interpolation: "
-                         f"{', '.join(INTERPOLATIONS)}; or a checkpoint path)")
-
-
-def _batch_summary(written: list, failures: list) -> int:
-    print(f"mrisr: batch summary: {len(written)} written, {len(failures)} failed",
-          file=sys.stderr)
-    for out in written:
+def _batch_summary(summary) -> int:
+    """Print a :class:`~mrisr.inference.batch.BatchSummary`; the exit status of the batch."""
+    print(f"mrisr: batch summary: {len(summary.written)} written, {len(summary.failed)} "
+          "failed", file=sys.stderr)
+    for out in summary.written:
         print(f"  written: {out}", file=sys.stderr)
-    for _, reason in failures:
+    for _, reason in summary.failed:
         print(f"  failed:  {reason}", file=sys.stderr)
-    return EXIT_BATCH_FAILED if failures else 0
+    return EXIT_BATCH_FAILED if summary.failed else 0
 
 
 def _adapt_steps(text: str) -> int:
@@ -350,44 +243,19 @@ def _adapt_steps(text: str) -> int:
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
-    from mrisr.io.atomic import check_output_path
-    from mrisr.io.nifti import check_nifti_header
-
-    # Everything that can be checked is checked before torch is imported and before any work:
-    # arguments (by the parser), names of the batch, the model's name, each output and the
-    # headers of the inputs. In a batch a failed input is reported and the others go on.
-    batch = _is_batch(args)
-    jobs = _upscale_jobs(args)
-    _check_model_name(args.model)
-    failures: list[tuple[Path, str]] = []
-    runnable = []
-    for target, ref, out in jobs:
-        try:
-            check_output_path(out, overwrite=args.overwrite, inputs=(target, ref))
-            for path in (target, ref):
-                if path is not None:
-                    check_nifti_header(path)
-        except MrisrError as exc:
-            if not batch or args.fail_fast:
-                raise
-            print(f"mrisr: error: {exc}", file=sys.stderr)
-            failures.append((target, str(exc)))
-            continue
-        runnable.append((target, ref, out))
-    for folder in sorted({out.parent for _, _, out in runnable}):
-        _sweep(folder)
-
-    import torch
-
-    from mrisr.inference.upscale import is_series_file, load_model, upscale_file
+    from mrisr.inference.batch import UpscaleBatch
     from mrisr.progress import progress
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    from mrisr.inference.volume3d import DEFAULT_ADAPT_STEPS_3D, is_volume_model
-    from mrisr.training.adapt import DEFAULT_ADAPT_STEPS
-    adapt_steps = DEFAULT_ADAPT_STEPS if args.adapt == "default" else args.adapt
-    written: list[Path] = []
+    # Everything that can be checked is checked before torch is imported and before any work
+    # (UpscaleBatch): arguments (by the parser), names of the batch, the model's name, each
+    # output and the headers of the inputs. In a batch a failed input is reported and the
+    # others go on.
+    batch = UpscaleBatch(args.target, args.output, args.ref, model=args.model,
+                         overwrite=args.overwrite, fail_fast=args.fail_fast,
+                         on_error=lambda job, exc: print(f"mrisr: error: {exc}",
+                                                         file=sys.stderr))
+    for folder in batch.output_folders:
+        _sweep(folder)
     size = {"scale": None, "voxel_size": None, "shape": None}
     if args.scale:
         size["scale"] = args.scale if len(args.scale) > 1 else args.scale[0]
@@ -395,40 +263,23 @@ def cmd_upscale(args: argparse.Namespace) -> int:
         size["voxel_size"] = args.voxel_size if len(args.voxel_size) > 1 else args.voxel_size[0]
     if args.shape:
         size["shape"] = [int(round(v)) for v in args.shape]
-    models = {}
     # Shown after a second: a run that fails at once prints its error line alone.
     bar = progress(total=0, desc="upscale", unit="slice", disable=args.quiet, delay=1.0)
 
     def grow(n: int) -> None:
         bar.total += n  # shown at the next update (no refresh: it would show the bar now)
     try:
-        for target, ref, out in runnable:
-            try:
-                # The default model depends on the reference and on whether the input is a
-                # series.
-                key = (ref is not None, is_series_file(target))
-                if key not in models:
-                    models[key] = load_model(args.model, *key)
-                bar.set_description(f"upscale {target.name}", refresh=False)
-                steps = adapt_steps
-                if args.adapt == "default" and is_volume_model(models[key][0]):
-                    steps = DEFAULT_ADAPT_STEPS_3D
-                upscale_file(target, out, ref, overwrite=args.overwrite, memmap=args.memmap,
-                             progress=bar.update, on_start=grow, loaded_model=models[key],
-                             device=args.device, plane=args.plane, tile=args.tile, amp=args.amp,
-                             register=args.register, consistency=args.consistency,
-                             adapt=steps, **size)
-            except MrisrError as exc:
-                if not batch or args.fail_fast:
-                    raise
-                bar.write(f"mrisr: error: {exc}", file=sys.stderr)
-                failures.append((target, str(exc)))
-                continue
-            written.append(out)
-            bar.write(f"wrote {out}")
+        summary = batch.run(
+            adapt=args.adapt, threads=args.threads, progress=bar.update, on_start=grow,
+            on_job=lambda job: bar.set_description(f"upscale {job.target.name}",
+                                                   refresh=False),
+            on_error=lambda job, exc: bar.write(f"mrisr: error: {exc}", file=sys.stderr),
+            on_written=lambda job: bar.write(f"wrote {job.output}"),
+            memmap=args.memmap, device=args.device, plane=args.plane, tile=args.tile,
+            amp=args.amp, register=args.register, consistency=args.consistency, **size)
     finally:
         bar.close()
-    return _batch_summary(written, failures) if batch else 0
+    return _batch_summary(summary) if summary.batch else 0
 
 
 def _check_degrade_scales(scales: list[float], shape: Sequence[int], allow_upsampling: bool

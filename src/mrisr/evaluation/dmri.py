@@ -3,9 +3,9 @@
 ``mrisr evaluate CONFIG`` runs it for a YAML with ``task: dmri3d`` (:class:`DmriEvaluateConfig`).
 
 Cases. Each subject (NIfTI files or the embedded phantom, loaded exactly as for training by
-:func:`mrisr.training.volumes.load_dwi_subjects`: the shell divided by the mean b=0, the T1w on
+:func:`mrisr.data.dwi_sources.load_dwi_subjects`: the shell divided by the mean b=0, the T1w on
 the DWI grid) gives one HR series: the held-out slab of the training config
-(:func:`~mrisr.training.volumes.split_slab`) or, for a subject never trained on, the whole
+(:func:`~mrisr.data.dwi_sources.split_slab`) or, for a subject never trained on, the whole
 volume. At every scale ``s`` the LR series is the cubic B-spline downsampling of the HR one to
 ``round(N / s)`` voxels per axis (``degrade(kind="bicubic")``, the degradation of the training
 patches); methods that read the T1w get it on the HR grid (3D models degrade it to the LR grid
@@ -49,6 +49,7 @@ import numpy as np
 import yaml
 
 from mrisr.config import to_dict
+from mrisr.data.dwi_sources import DwiSourceConfig, load_dwi_subjects, split_slab
 from mrisr.degradation import degrade
 from mrisr.errors import ConfigError, InputError
 from mrisr.evaluation.diffusion import evaluate_dwi_volume, fit_tensors, tensor_fidelity
@@ -60,7 +61,6 @@ from mrisr.grid import effective_scale
 from mrisr.io.nifti import Volume
 from mrisr.io.atomic import write_text_atomic
 from mrisr.progress import progress
-from mrisr.training.config import DwiSourceConfig
 
 __all__ = ["DmriEvalData", "DmriEvaluateConfig", "DmriCase", "DmriEvaluationResult",
            "scale_category", "load_cases", "evaluate_dmri", "table1_markdown",
@@ -81,7 +81,7 @@ TENSOR_COLUMNS = (("fa_mae", "FA", 1.0, 4), ("md_mae", "MD", 1e3, 4),
 @dataclass
 class DmriEvalData(DwiSourceConfig):
     """The ``dmri`` section of an evaluation: subjects as in training
-    (:class:`~mrisr.training.config.DwiSourceConfig`) and the region scored.
+    (:class:`~mrisr.data.dwi_sources.DwiSourceConfig`) and the region scored.
 
     region: ``holdout`` (the slab given by ``holdout_axis``/``holdout_fraction``; use the
     training config's values) or ``whole`` (the whole volume: subjects never trained on).
@@ -152,7 +152,7 @@ class DmriEvaluateConfig:
         if self.volumes < 0:
             raise ConfigError(f"{source}: volumes must be >= 0")
         if self.protocol == "signal":
-            from mrisr.inference.upscale import INTERPOLATION_MODELS
+            from mrisr.inference.selection import INTERPOLATION_MODELS
             for m in self.methods:
                 if m.name not in SERIES_METHODS and m.name not in INTERPOLATION_MODELS:
                     raise ConfigError(f"{source}: method '{m.display}': the signal protocol "
@@ -218,8 +218,6 @@ class DmriCase:
 
 def load_cases(d: DmriEvalData, use_t1: bool) -> list[DmriCase]:
     """The evaluation region of every subject of ``d`` (the T1w only with ``use_t1``)."""
-    from mrisr.training.volumes import load_dwi_subjects, split_slab
-
     cases = []
     for s in load_dwi_subjects(d, use_t1, training=False):
         if d.region == "holdout":
@@ -368,7 +366,6 @@ def load_series_cases(d: DmriEvalData, volumes: int = 0) -> list[SeriesCase]:
     from mrisr.data.dwi import b0_indices, brain_mask, select_shell
     from mrisr.io import load_nifti
     from mrisr.io.dwi import companion_paths, read_bval_bvec
-    from mrisr.training.volumes import split_slab
 
     raw = []
     if d.kind == "phantom":
@@ -414,7 +411,7 @@ class SeriesMethod:
     def __init__(self, spec: MethodSpec):
         import torch
 
-        from mrisr.inference.upscale import INTERPOLATION_MODELS, load_model
+        from mrisr.inference.selection import INTERPOLATION_MODELS, load_upscale_model
         from mrisr.inference.volume3d import is_volume_model
 
         args = dict(spec.args)
@@ -426,11 +423,11 @@ class SeriesMethod:
         self.adapt = int(args.get("adapt", 0) or 0)
         self.register = args.get("register")
         self.device = args.get("device", "auto")
-        self.pack = load_model(str(name), has_reference=True, series=True)
+        self.pack = load_upscale_model(str(name), has_reference=True, series=True)
         net = self.pack[0]
         self.is_3d = is_volume_model(net)
         self.interpolation = name in INTERPOLATION_MODELS
-        model_t1 = bool(getattr(net, "use_reference", False))
+        model_t1 = net.uses_reference  # False for an interpolation baseline
         self.uses_reference = model_t1 and bool(args.get("t1", True))
         # A T1w model given no T1w runs only when it was trained with T1w dropout.
         self.needs_reference = model_t1 and not self.pack[1].get("t1_dropout")

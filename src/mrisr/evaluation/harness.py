@@ -11,14 +11,18 @@ from dataclasses import dataclass, field
 from typing import Iterable, Optional
 
 import numpy as np
-from mrisr.progress import progress
 
 from mrisr.data.datasets import DatasetSpec, SubjectVolumes, count_subjects, load_subjects
+from mrisr.data.selection import select_slices
 from mrisr.degradation import DEGRADATIONS, degrade
 from mrisr.errors import ConfigError
 from mrisr.evaluation.methods import SRCase, SRMethod, make_method
 from mrisr.evaluation.metrics import PROTOCOLS, evaluate_case
 from mrisr.grid import effective_scale
+from mrisr.progress import progress
+
+__all__ = ["DEFAULT_SCALES", "MethodSpec", "EvaluateConfig", "scale_label", "FigureCase",
+           "EvaluationResult", "select_slices", "evaluate"]
 
 DEFAULT_SCALES = [1.5, 2.0, 3.0, 4.0, 6.0, 8.0]
 
@@ -132,18 +136,6 @@ class EvaluationResult:
     rows: list[dict]
     config: EvaluateConfig
     figure: Optional[FigureCase] = None
-
-
-def select_slices(target: np.ndarray, mask: np.ndarray, axis: int, min_fraction: float,
-                  step: int = 1, max_slices: Optional[int] = None) -> list[int]:
-    """Indices of 2D slices whose brain-mask fraction is at least ``min_fraction``."""
-    other = tuple(a for a in range(target.ndim) if a != axis)
-    fraction = mask.mean(axis=other)
-    chosen = [i for i in range(0, target.shape[axis], step) if fraction[i] >= min_fraction]
-    if max_slices is not None and len(chosen) > max_slices:
-        picks = np.linspace(0, len(chosen) - 1, max_slices).round().astype(int)
-        chosen = [chosen[i] for i in picks]
-    return chosen
 
 
 def _centre_crop(image: np.ndarray, multiple: int) -> np.ndarray:

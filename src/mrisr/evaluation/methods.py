@@ -2,8 +2,9 @@
 
 A method is built from a spec ``{"name": ..., "args": {...}}`` by :func:`make_method` and called
 on an :class:`SRCase`; it returns the super-resolved *magnitude* image on the case's output grid.
-Interpolation baselines are registered here; learned models register themselves from
-``mrisr.inference`` with :func:`register_method`.
+Methods are registered by name in :data:`METHODS` (:func:`register_method`): the interpolation
+baselines here, the trained models (``model``, ``model3d``) in
+:mod:`mrisr.evaluation.model_methods`, which the :mod:`mrisr.evaluation` package imports.
 """
 from __future__ import annotations
 
@@ -15,8 +16,12 @@ from typing import Optional
 import numpy as np
 
 from mrisr.data.intensity import to_magnitude
-from mrisr.degradation import kspace_resize, spline_resize
+from mrisr.degradation.interpolation import INTERPOLATION_ORDERS, interpolate
 from mrisr.errors import ConfigError
+from mrisr.registry import Registry
+
+__all__ = ["SRCase", "SRMethod", "METHODS", "register_method", "available_methods",
+           "make_method", "INTERPOLATION_ORDERS", "interpolate", "Interpolation"]
 
 
 @dataclass
@@ -54,57 +59,29 @@ class SRMethod(ABC):
         slices of one degraded scan: what test-time adaptation learns from). Default: nothing."""
 
 
-_REGISTRY: dict[str, Callable[..., SRMethod]] = {}
+#: Method name -> factory (a class or function) returning an :class:`SRMethod`.
+METHODS: Registry[Callable[..., SRMethod]] = Registry("method", ConfigError)
+_REGISTRY = METHODS  # the name older code and tests use
 
 
 def register_method(name: str) -> Callable:
     """Decorator: register a factory (class or function) returning an :class:`SRMethod`."""
-    def wrap(factory: Callable[..., SRMethod]) -> Callable[..., SRMethod]:
-        _REGISTRY[name] = factory
-        return factory
-    return wrap
+    return METHODS.register(name)
 
 
 def available_methods() -> list[str]:
-    _load_plugins()
-    return sorted(_REGISTRY)
-
-
-def _load_plugins() -> None:
-    # Learned models register on import; importing here keeps the harness unaware of them.
-    import importlib
-    importlib.import_module("mrisr.inference")
+    return sorted(METHODS)
 
 
 def make_method(name: str, args: Optional[dict] = None) -> SRMethod:
     """Instantiate a registered method by name with keyword ``args``."""
-    _load_plugins()
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown method '{name}' (known: {', '.join(sorted(_REGISTRY))})")
+    factory = METHODS.lookup(name)
     try:
-        method = _REGISTRY[name](**(args or {}))
+        method = factory(**(args or {}))
     except TypeError as exc:
         raise ConfigError(f"method '{name}': bad arguments ({exc})") from None
     method.name = name
     return method
-
-
-INTERPOLATION_ORDERS = {"nearest": 0, "linear": 1, "cubic": 3}
-
-
-def interpolate(lr: np.ndarray, out_shape: tuple[int, ...], kind: str) -> np.ndarray:
-    """Upsample ``lr`` (real or complex, spatial axes only) to ``out_shape``.
-
-    ``nearest``/``linear``/``cubic``: B-spline interpolation of order 0/1/3 on pixel centres;
-    ``sinc``: zero-filled k-space interpolation (the natural inverse of k-space cropping).
-    Complex input stays complex.
-    """
-    if kind == "sinc":
-        return kspace_resize(lr, out_shape)
-    if kind not in INTERPOLATION_ORDERS:
-        raise ConfigError(f"unknown interpolation '{kind}' "
-                          f"(known: {', '.join([*INTERPOLATION_ORDERS, 'sinc'])})")
-    return spline_resize(lr, out_shape, order=INTERPOLATION_ORDERS[kind])
 
 
 class Interpolation(SRMethod):

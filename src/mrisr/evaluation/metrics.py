@@ -34,6 +34,7 @@ import numpy as np
 import torch
 
 from mrisr.errors import ConfigError, InputError
+from mrisr.registry import Registry
 
 __all__ = [
     "ArrayLike",
@@ -44,6 +45,7 @@ __all__ = [
     "Protocol",
     "PROTOCOLS",
     "get_protocol",
+    "register_protocol",
     "evaluate_case",
     "SSIM_K1",
     "SSIM_K2",
@@ -360,6 +362,18 @@ class Protocol:
     compute: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], dict[str, float]]
 
 
+#: Protocol name -> :class:`Protocol` (:func:`register_protocol`).
+_REGISTRY: Registry[Protocol] = Registry("metric protocol", ConfigError)
+
+
+def register_protocol(name: str, description: str, requires_mask: bool = False) -> Callable:
+    """Decorator: register ``compute(pred, target, mask) -> dict`` as protocol ``name``."""
+    def decorate(compute: Callable) -> Callable:
+        _REGISTRY.register(name, Protocol(name, description, requires_mask, compute))
+        return compute
+    return decorate
+
+
 def _peak_max_minus_min(t: torch.Tensor, m: torch.Tensor | None, protocol: str) -> float:
     vals = t if m is None else t[m]
     peak = float(vals.max() - vals.min())
@@ -369,6 +383,15 @@ def _peak_max_minus_min(t: torch.Tensor, m: torch.Tensor | None, protocol: str) 
     return peak
 
 
+@register_protocol(
+    "dualarbnet",
+    "Magnitude images; peak L = max(target) - min(target) over the given array "
+    "(pass 2D slices and average to follow the Dual-ArbNet per-slice tables). "
+    "Returns psnr (dB, peak L), ssim (data_range L), nrmse (Euclidean) and "
+    "ssim_range2: SSIM of pred/max(target) vs target/max(target) with data_range=2, "
+    "which is what the reference code computed through skimage<=0.19's float "
+    "default. ssim_range2 is inflated (C1, C2 about 4x too large) and is only for "
+    "reproducing that table, NOT comparable with correctly ranged SSIM.")
 def _dualarbnet(p: torch.Tensor, t: torch.Tensor, m: torch.Tensor | None) -> dict[str, float]:
     peak = _peak_max_minus_min(t, None, "dualarbnet")
     tmax = float(t.max())
@@ -384,6 +407,12 @@ def _dualarbnet(p: torch.Tensor, t: torch.Tensor, m: torch.Tensor | None) -> dic
     }
 
 
+@register_protocol(
+    "fastmri",
+    "fastMRI convention: data_range = max(target) over the whole case (volume "
+    "maximum). psnr over the whole array; ssim is the 2D SSIM for a slice, and for "
+    "a 3D (slices, H, W) input the mean of per-slice 2D SSIMs along axis 0; "
+    "nrmse is Euclidean (fastMRI's NMSE is its square).")
 def _fastmri(p: torch.Tensor, t: torch.Tensor, m: torch.Tensor | None) -> dict[str, float]:
     peak = float(t.max())
     if peak <= 0.0:
@@ -409,6 +438,13 @@ def _fastmri(p: torch.Tensor, t: torch.Tensor, m: torch.Tensor | None) -> dict[s
     return {"psnr": psnr(p, t, peak, mask=m), "ssim": ssim_value, "nrmse": nrmse(p, t, mask=m)}
 
 
+@register_protocol(
+    "brainmask",
+    "As 'dualarbnet' restricted to a required mask (e.g. the brain mask, as in the "
+    "CSR-dMRI tables): peak = max - min of target inside the mask; psnr, ssim "
+    "(map averaged over mask voxels in the cropped interior) and nrmse over the "
+    "mask. No ssim_range2.",
+    requires_mask=True)
 def _brainmask(p: torch.Tensor, t: torch.Tensor, m: torch.Tensor | None) -> dict[str, float]:
     assert m is not None  # enforced by requires_mask
     peak = _peak_max_minus_min(t, m, "brainmask")
@@ -419,45 +455,6 @@ def _brainmask(p: torch.Tensor, t: torch.Tensor, m: torch.Tensor | None) -> dict
     }
 
 
-_REGISTRY: dict[str, Protocol] = {
-    proto.name: proto
-    for proto in (
-        Protocol(
-            name="dualarbnet",
-            description=(
-                "Magnitude images; peak L = max(target) - min(target) over the given array "
-                "(pass 2D slices and average to follow the Dual-ArbNet per-slice tables). "
-                "Returns psnr (dB, peak L), ssim (data_range L), nrmse (Euclidean) and "
-                "ssim_range2: SSIM of pred/max(target) vs target/max(target) with data_range=2, "
-                "which is what the reference code computed through skimage<=0.19's float "
-                "default. ssim_range2 is inflated (C1, C2 about 4x too large) and is only for "
-                "reproducing that table, NOT comparable with correctly ranged SSIM."),
-            requires_mask=False,
-            compute=_dualarbnet,
-        ),
-        Protocol(
-            name="fastmri",
-            description=(
-                "fastMRI convention: data_range = max(target) over the whole case (volume "
-                "maximum). psnr over the whole array; ssim is the 2D SSIM for a slice, and for "
-                "a 3D (slices, H, W) input the mean of per-slice 2D SSIMs along axis 0; "
-                "nrmse is Euclidean (fastMRI's NMSE is its square)."),
-            requires_mask=False,
-            compute=_fastmri,
-        ),
-        Protocol(
-            name="brainmask",
-            description=(
-                "As 'dualarbnet' restricted to a required mask (e.g. the brain mask, as in the "
-                "CSR-dMRI tables): peak = max - min of target inside the mask; psnr, ssim "
-                "(map averaged over mask voxels in the cropped interior) and nrmse over the "
-                "mask. No ssim_range2."),
-            requires_mask=True,
-            compute=_brainmask,
-        ),
-    )
-}
-
 #: Read-only mapping of protocol name -> human-readable description.
 PROTOCOLS: Mapping[str, str] = MappingProxyType(
     {name: proto.description for name, proto in _REGISTRY.items()})
@@ -465,11 +462,7 @@ PROTOCOLS: Mapping[str, str] = MappingProxyType(
 
 def get_protocol(name: str) -> Protocol:
     """Return the :class:`Protocol` registered as ``name``; :class:`ConfigError` if unknown."""
-    try:
-        return _REGISTRY[name]
-    except (KeyError, TypeError):
-        known = ", ".join(sorted(_REGISTRY))
-        raise ConfigError(f"unknown metric protocol '{name}' (known: {known})") from None
+    return _REGISTRY.lookup(name)
 
 
 def evaluate_case(pred: ArrayLike, target: ArrayLike, protocol: str,

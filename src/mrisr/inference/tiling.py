@@ -3,15 +3,18 @@
 The output grid is cut into tiles; each is decoded from a window that adds a halo of
 ``model.decoder_radius`` voxels (the reach of the decoder's convolutions at output resolution),
 and only the tile's interior is kept, so every kept voxel sees exactly the neighbourhood it
-would see in a whole-grid decode. Models whose decoder pools over the whole grid (Dual-ArbNet's
-channel attention) get those global statistics first, layer by layer, accumulated over the tile
-interiors; pointwise decoders (LIIF) need neither halo nor pooling.
+would see in a whole-grid decode. Models whose decoder pools over the whole grid
+(``model.has_global_pooling``: Dual-ArbNet's channel attention) get those global statistics
+first, layer by layer, accumulated over the tile interiors; pointwise decoders (LIIF) need
+neither halo nor pooling.
 
-Models that expose their decoder layer by layer (``decode_begin`` / ``fusion`` / ``idf_step`` /
-``decode_end``: Dual-ArbNet) are decoded by :func:`decode_layerwise` instead: the fusion state
-of the whole grid is kept between layers and each layer runs once over bands of rows with a
-halo of one layer's reach, rather than the whole decoder being recomputed per tile and per
-pooled layer.
+Models that expose their decoder layer by layer (``model.layerwise``: ``decode_begin`` /
+``decoder_layers`` / ``decode_step`` / ``decode_end``, :class:`mrisr.models.base.SRModel`;
+Dual-ArbNet) are decoded by :func:`decode_layerwise` instead: the state of the whole grid is
+kept between layers and each layer runs once over bands of rows with a halo of one layer's
+reach, rather than the whole decoder being recomputed per tile and per pooled layer. Only the
+attributes and methods that :class:`~mrisr.models.base.SRModel` and
+:class:`~mrisr.models.base.DecoderLayer` declare are used.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ from collections.abc import Iterator
 from typing import Optional
 
 import torch
+
+from mrisr.models.base import SRModel
 
 
 def tile_windows(shape: tuple[int, ...], tile: int, halo: int
@@ -39,17 +44,17 @@ def tile_windows(shape: tuple[int, ...], tile: int, halo: int
 
 
 @torch.no_grad()
-def global_pooling(model, encoded, query, tile: int, halo: int) -> list:
-    """Per fusion layer, the (average, maximum) of its attention input over the whole grid,
+def global_pooling(model: SRModel, encoded, query, tile: int, halo: int) -> list:
+    """Per decoder layer, the (average, maximum) of its pooled input over the whole grid,
     computed tile by tile (layer ``i`` needs the statistics of layers ``< i``)."""
     pooled: list = []
-    for i, layer in enumerate(model.fusion):
-        if layer.attention.mlp is None:
+    for i, layer in enumerate(model.decoder_layers):
+        if not layer.pools_globally:
             pooled.append(None)
             continue
         total, peak, count = 0.0, None, 0
         for _, window, interior in tile_windows(query.shape, tile, halo):
-            s, m, c = model.fusion_pooling(encoded, query.window(window), i, pooled, interior)
+            s, m, c = model.layer_pooling(encoded, query.window(window), i, pooled, interior)
             total = total + s
             peak = m if peak is None else torch.maximum(peak, m)
             count += c
@@ -78,13 +83,13 @@ def _empty_grid(like: torch.Tensor, shape: tuple) -> torch.Tensor:
 
 
 @torch.no_grad()
-def decode_layerwise(model, encoded, query, tile: int, keep_bytes: Optional[int] = None
-                     ) -> torch.Tensor:
+def decode_layerwise(model: SRModel, encoded, query, tile: int,
+                     keep_bytes: Optional[int] = None) -> torch.Tensor:
     """``model.decode(encoded, query)`` of a 2D grid, layer by layer over bands of rows.
 
-    The fusion state ``x`` and the IDF state ``h`` of the whole grid stay in memory (updated in
-    place); each fusion layer runs once per band of about ``tile**2`` output voxels with a halo
-    of ``model.fusion_layer_radius`` rows. A layer with channel attention first accumulates the
+    The layer state ``x`` and the decoder state ``h`` of the whole grid stay in memory (updated
+    in place); each layer runs once per band of about ``tile**2`` output voxels with a halo of
+    ``model.decoder_layer_radius`` rows. A layer that pools globally first accumulates the
     global (average, maximum) of its attention input ``y`` over the bands; ``y`` is kept for the
     whole grid when it takes at most ``keep_bytes``, and otherwise computed again in the second
     pass (the halo rows it needs that an earlier band has already updated are kept aside).
@@ -93,7 +98,7 @@ def decode_layerwise(model, encoded, query, tile: int, keep_bytes: Optional[int]
     keep_bytes = KEEP_BYTES if keep_bytes is None else keep_bytes
     shape = query.shape
     n_rows, width = shape
-    radius = int(model.fusion_layer_radius)
+    radius = int(model.decoder_layer_radius)
     rows = max(radius, 1, (tile * tile) // width)
 
     def cut(rows: int) -> list:
@@ -117,9 +122,9 @@ def decode_layerwise(model, encoded, query, tile: int, keep_bytes: Optional[int]
     keep = x.numel() * x.element_size() <= keep_bytes
     if not keep:  # half-height bands: the second pass's temporaries are then smaller
         bands = cut(max(radius, 1, rows // 2))
-    for i, layer in enumerate(model.fusion):
+    for i, layer in enumerate(model.decoder_layers):
         pooled, y = None, None
-        if layer.attention.mlp is not None:
+        if layer.pools_globally:
             y = torch.empty_like(x) if keep else None
             total, peak = 0.0, None
             for band in bands:
@@ -131,23 +136,23 @@ def decode_layerwise(model, encoded, query, tile: int, keep_bytes: Optional[int]
                 m = yb.amax(dim=(2, 3), keepdim=True)
                 peak = m if peak is None else torch.maximum(peak, m)
             pooled = (total / (n_rows * width), peak)
-        spatial = 1 if layer.attention.spatial is not None else 0
+        spatial = layer.attention_radius
         saved = None  # the old rows of x just above the band (already updated in place)
         for band in bands:
             if y is not None:  # only the attention is left: y is needed within its 3x3 conv
                 window = halo(band, spatial)
-                att = layer.attention(y[:, :, window], pooled)
+                att = layer.attend(y[:, :, window], pooled)
                 x[:, :, band] += att[:, :, inner(band, window)]
             else:
                 window = halo(band, radius)
                 below = x[:, :, band.start:window.stop]
                 xw = below if saved is None else torch.cat([saved, below], dim=2)
-                new = layer.attention(layer.pre_attention(xw), pooled, inplace=True).add_(xw)[
+                new = layer.attend(layer.pre_attention(xw), pooled, inplace=True).add_(xw)[
                     :, :, inner(band, window)]
                 del xw
                 saved = x[:, :, band.stop - radius:band.stop].clone() if radius else None
                 x[:, :, band] = new
-            h[:, :, band] = model.idf_step(i, h[:, :, band], x[:, :, band])
+            h[:, :, band] = model.decode_step(i, h[:, :, band], x[:, :, band])
         del y
     out = None
     for band in bands:
@@ -159,18 +164,18 @@ def decode_layerwise(model, encoded, query, tile: int, keep_bytes: Optional[int]
 
 
 @torch.no_grad()
-def decode_tiled(model, encoded, query, tile: Optional[int] = None) -> torch.Tensor:
+def decode_tiled(model: SRModel, encoded, query, tile: Optional[int] = None) -> torch.Tensor:
     """``model.decode(encoded, query)`` computed in tiles of ``tile`` output voxels per axis
     (``None`` or a tile covering the grid: one decode). Returns ``(B, C, *query.shape)``.
     Decoders exposed layer by layer go through :func:`decode_layerwise`."""
     shape = query.shape
     if tile is None or all(tile >= n for n in shape):
         return model.decode(encoded, query)
-    if hasattr(model, "decode_begin") and len(shape) == 2:
+    if model.layerwise and len(shape) == 2:
         return decode_layerwise(model, encoded, query, tile)
-    halo = int(getattr(model, "decoder_radius", 0))
+    halo = int(model.decoder_radius)
     pooled = global_pooling(model, encoded, query, tile, halo) \
-        if getattr(model, "has_global_pooling", False) else None
+        if model.has_global_pooling else None
     out = None
     for tile_idx, window, interior in tile_windows(shape, tile, halo):
         part = model.decode(encoded, query.window(window), pooled) if pooled is not None \

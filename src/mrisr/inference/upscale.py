@@ -23,8 +23,10 @@ memory-mapped) array.
 4D series are processed volume by volume and streamed to disk as they finish.
 
 3D models (``model.dims == 3``, the CSR-dMRI family) take whole volumes instead of slices: see
-:mod:`mrisr.inference.volume3d` (the dispatch is marked "3D models" below). The default model of
-a 4D series with a reference is ``csr_dmri_s`` once its weights are shipped.
+:mod:`mrisr.inference.volume3d` (the dispatch is marked "3D models" below). Which model runs
+(defaults, interpolation baselines, checkpoints) is :mod:`mrisr.inference.selection`; the
+default model of a 4D series with a reference is ``csr_dmri_s`` once its weights are shipped.
+Folders and list files of inputs: :func:`mrisr.inference.batch.upscale_batch`.
 """
 from __future__ import annotations
 
@@ -34,7 +36,6 @@ import shutil
 import tempfile
 import time
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -47,7 +48,23 @@ from mrisr.degradation import spline_resize
 from mrisr.errors import InputError, MrisrWarning
 from mrisr.grid import (ScaleLike, as_scales, resample_affine, shape_for_voxel_size,
                         upscaled_shape, voxel_sizes)
+from mrisr.inference.predict import predict_slices
+from mrisr.inference.result import UpscaleResult, grid_info
+from mrisr.inference.selection import (DEFAULT_DMRI_MODEL, DEFAULT_DMRI_MODEL_NO_T1,
+                                       INTERPOLATION_MODELS, VolumeInterpolation,
+                                       default_model_name, is_series_file, load_upscale_model)
+from mrisr.inference.volume3d import SeriesUpscaler3D, is_volume_model, read_series_bvals
 from mrisr.io.nifti import Volume, load_nifti
+from mrisr.models.base import SRModel
+
+__all__ = ["PLANES", "DEFAULT_TILE", "DEFAULT_SLICE_BATCH", "DEFAULT_CONSISTENCY", "output_grid",
+           "choose_slice_axis", "reference_grid", "estimate_bytes", "available_memory",
+           "check_resources", "SliceUpscaler", "check_consistency", "apply_consistency",
+           "upscale", "check_adaptable", "adapt_to_input", "consistency_not_applied",
+           "sidecar_path", "upscale_file", "UpscaleResult", "grid_info", "load_model",
+           # the model choice (mrisr.inference.selection), where older code finds it
+           "DEFAULT_DMRI_MODEL", "DEFAULT_DMRI_MODEL_NO_T1", "INTERPOLATION_MODELS",
+           "VolumeInterpolation", "default_model_name", "is_series_file", "load_upscale_model"]
 
 PLANES = {"sagittal": 0, "coronal": 1, "axial": 2}
 DEFAULT_TILE = 256
@@ -55,17 +72,6 @@ DEFAULT_TILE = 256
 DEFAULT_SLICE_BATCH = 1
 #: Data-consistency projection of 2D-model outputs (:mod:`mrisr.degradation.consistency`).
 DEFAULT_CONSISTENCY = "auto"
-
-
-@dataclass
-class UpscaleResult:
-    """Output data (float32, voxel axes first), its affine and a description for the sidecar."""
-
-    data: np.ndarray
-    affine: np.ndarray
-    info: dict = field(default_factory=dict)
-    #: ``(model, description)`` after test-time adaptation (``adapt`` > 0), for reuse
-    adapted_model: Optional[tuple] = None
 
 
 def output_grid(shape: Sequence[int], affine: np.ndarray, scale: Optional[ScaleLike] = None,
@@ -158,37 +164,10 @@ def check_resources(out_path: Path, out_shape: Sequence[int], n_volumes: int,
                          "--memmap or a smaller scale")
 
 
-#: Interpolation baselines usable as ``--model`` (label of ``mrisr.evaluation.methods`` ->
-#: kind of :func:`mrisr.evaluation.methods.interpolate`).
-INTERPOLATION_MODELS = {"nearest": "nearest", "linear": "linear", "cubic": "cubic",
-                        "kspace_zerofill": "sinc"}
-
-
-class VolumeInterpolation:
-    """An interpolation baseline as a model: the whole 3D volume interpolated onto the output
-    grid, exactly as the evaluation methods of the same names (magnitude, clipped at 0)."""
-
-    use_reference = False
-
-    def __init__(self, name: str):
-        self.name = name
-        self.kind = INTERPOLATION_MODELS[name]
-
-    def __call__(self, volume: np.ndarray, out_shape: Sequence[int],
-                 out: Optional[np.ndarray] = None) -> np.ndarray:
-        from mrisr.evaluation.methods import interpolate
-
-        result = to_magnitude(interpolate(volume, tuple(out_shape), self.kind))
-        if out is None:
-            return result.astype(np.float32, copy=False)
-        out[...] = result
-        return out
-
-
 class SliceUpscaler:
     """Applies a 2D model to the slices of a volume (see the module docstring)."""
 
-    def __init__(self, model: torch.nn.Module, device: torch.device, input_kind: str = "magnitude",
+    def __init__(self, model: SRModel, device: torch.device, input_kind: str = "magnitude",
                  tile: Optional[int] = DEFAULT_TILE, amp: bool = False,
                  batch: int = DEFAULT_SLICE_BATCH):
         self.model = model.eval().to(device)
@@ -196,7 +175,7 @@ class SliceUpscaler:
         self.input_kind = input_kind
         self.tile = tile
         self.amp = amp and device.type == "cuda"
-        self.uses_reference = bool(getattr(model, "use_reference", False))
+        self.uses_reference = model.uses_reference
         #: slices encoded together in one forward pass (each decoded on its own)
         self.batch = max(1, int(batch))
 
@@ -207,7 +186,6 @@ class SliceUpscaler:
         """Outputs of the slices ``lrs`` (with ``refs``, items may be ``None``): empty slices
         give zeros, slices without reference coverage (for a model that needs one) cubic
         interpolation, and the others go through the model in one batch."""
-        from mrisr.inference.predict import predict_slices
         results: list = [None] * len(lrs)
         todo = []
         for k, (lr, ref) in enumerate(zip(lrs, refs)):
@@ -215,7 +193,7 @@ class SliceUpscaler:
                 results[k] = np.zeros(out_shape, np.float32)
             elif self.uses_reference and (ref is None or not np.any(ref)):
                 # No reference in this slice (outside its FOV): cubic interpolation.
-                from mrisr.evaluation.methods import interpolate
+                from mrisr.degradation.interpolation import interpolate
                 results[k] = to_magnitude(interpolate(lr, out_shape, "cubic")).astype(np.float32)
             else:
                 todo.append(k)
@@ -265,100 +243,8 @@ class SliceUpscaler:
         return result
 
 
-#: Default model of a 4D (diffusion) series with a T1w reference, when its weights are shipped.
-DEFAULT_DMRI_MODEL = "csr_dmri_s"
-#: Default model of a 4D series without a T1w, when its weights are shipped and
-#: DEFAULT_DMRI_MODEL's were not trained with T1w dropout (otherwise the slice-wise 2D liif_s).
-DEFAULT_DMRI_MODEL_NO_T1 = "csr_dmri_s_m1"
-
-
-def _shipped_with_t1_dropout(name: str) -> bool:
-    """Whether the shipped weights of ``name`` were trained with T1w dropout (the training
-    config beside them says ``dmri.t1_dropout`` > 0), so that they also serve without a T1w."""
-    import yaml
-
-    from mrisr.models.registry import weights_path
-
-    try:
-        cfg = yaml.safe_load(weights_path(name).with_suffix(".yaml").read_text()) or {}
-        return float((cfg.get("dmri") or {}).get("t1_dropout") or 0.0) > 0
-    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
-        return False
-
-
-def default_model_name(has_reference: bool, series: bool = False) -> str:
-    from mrisr.models.registry import weights_path
-
-    if series and has_reference and weights_path(DEFAULT_DMRI_MODEL).exists():
-        return DEFAULT_DMRI_MODEL
-    if series and not has_reference:
-        if weights_path(DEFAULT_DMRI_MODEL).exists() and \
-                _shipped_with_t1_dropout(DEFAULT_DMRI_MODEL):
-            return DEFAULT_DMRI_MODEL
-        if weights_path(DEFAULT_DMRI_MODEL_NO_T1).exists():
-            return DEFAULT_DMRI_MODEL_NO_T1
-    return "dualarbnet_s" if has_reference else "liif_s"
-
-
-def is_series_file(path: str | os.PathLike) -> bool:
-    """Whether a NIfTI file holds a 4D series of several volumes (reads the header only;
-    ``False`` for unreadable files, which :func:`upscale_file` then reports)."""
-    try:
-        shape = nib.load(str(path)).shape
-    except Exception:  # nibabel raises many types for bad files; the real load reports them
-        return False
-    return len(shape) == 4 and shape[3] > 1
-
-
-def load_model(name: Optional[str], has_reference: bool, series: bool = False):
-    """A preset with shipped weights, or a checkpoint path; returns (model, description).
-    Without ``name``, the default for the input (``series``: a 4D series)."""
-    from mrisr.models.checkpoint import load_checkpoint
-    from mrisr.models.registry import PRESETS, list_models, weights_path
-
-    name = name or default_model_name(has_reference, series)
-    if name in INTERPOLATION_MODELS:
-        return VolumeInterpolation(name), {"model": name, "architecture": "interpolation",
-                                           "code_version": None, "input": "magnitude",
-                                           "t1_registered_in_training": False}
-    if name in PRESETS:
-        path = weights_path(name)
-        if not path.exists():
-            raise InputError(f"model '{name}' has no shipped weights; give a checkpoint path")
-        loaded = load_checkpoint(path)
-    elif Path(name).exists():
-        loaded = load_checkpoint(name)
-    else:
-        raise InputError(f"{name}: model not found (a preset with weights: "
-                         f"{', '.join(list_models(pretrained=True))}; an interpolation: "
-                         f"{', '.join(INTERPOLATION_MODELS)}; or a checkpoint path)")
-    model = loaded.model
-    kind = loaded.payload.get("train_config", {}).get("data", {}).get("input") or \
-        ("complex" if model.in_channels == 2 else "magnitude")
-    # A 3D model reads the T1w as placed in training: registered to the mean b=0 or not; one
-    # trained with T1w dropout also runs without it (a zero T1w, as in training).
-    dmri = loaded.payload.get("train_config", {}).get("dmri") or {}
-    registered = bool(dmri.get("register", False))
-    t1_dropout = float(dmri.get("t1_dropout", 0.0) or 0.0)
-    if getattr(model, "use_reference", False) and not has_reference and not t1_dropout:
-        raise InputError(f"model '{name}' needs a reference image (--ref)")
-    return model, {"model": name, "architecture": loaded.payload["model"],
-                   "code_version": loaded.payload.get("code_version"), "input": kind,
-                   "t1_registered_in_training": registered, "t1_dropout": t1_dropout}
-
-
-def grid_info(desc: dict, in_shape: Sequence[int], in_affine: np.ndarray,
-              out_shape: Sequence[int], out_affine: np.ndarray) -> dict:
-    """Sidecar fields shared by the 2D and 3D paths: version, model and the two grids."""
-    from mrisr import __version__
-
-    return {"mrisr_version": __version__, **desc, "input_shape": list(in_shape),
-            "output_shape": list(out_shape),
-            "input_voxel_size": [float(z) for z in voxel_sizes(in_affine)],
-            "output_voxel_size": [float(z) for z in voxel_sizes(out_affine)],
-            "scale": [o / i for i, o in zip(in_shape, out_shape)],
-            "grid_convention": "pixel-centre, field of view preserved: "
-                               "A' = A @ [[diag(f), (f-1)/2], [0, 1]], f = N/N'"}
+#: The name benchmarks and older code use for :func:`load_upscale_model`.
+load_model = load_upscale_model
 
 
 def check_consistency(model: str) -> str:
@@ -411,7 +297,7 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
                                         shape)
     zooms = voxel_sizes(target.affine)
     axis = choose_slice_axis(target.spatial_shape, out_shape, zooms, plane)
-    net, desc = loaded_model or load_model(model, reference is not None)
+    net, desc = loaded_model or load_upscale_model(model, reference is not None)
     check_adaptable(net, adapt)
     # -- interpolation baselines: the whole volume onto the output grid ---------------------
     if isinstance(net, VolumeInterpolation):
@@ -425,7 +311,6 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
                                 "reason": "not applied to interpolation baselines"}}
         return UpscaleResult(data=data, affine=out_affine, info=info)
     # -- 3D models: the whole volume at once (mrisr.inference.volume3d) ---------------------
-    from mrisr.inference.volume3d import SeriesUpscaler3D, is_volume_model
     if is_volume_model(net):
         runner = SeriesUpscaler3D(target, reference, (net, desc), out_shape, out_affine,
                                   device=device, amp=amp)
@@ -559,15 +444,14 @@ def _upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
     check_resources(out, out_shape, n_vol, memmap)
     options = dict(options)
     register = options.pop("register", None)  # 3D models only: the 2D path has no T1w-b=0 pair
-    model_pack = loaded_model or load_model(options.pop("model", None), reference is not None,
-                                            series)
+    model_pack = loaded_model or load_upscale_model(options.pop("model", None),
+                                                    reference is not None, series)
     check_adaptable(model_pack[0], options.get("adapt", 0))
     if reference is not None and isinstance(model_pack[0], VolumeInterpolation):
         warnings.warn(MrisrWarning(f"{reference_path}: not used by the interpolation baseline "
                                    f"'{model_pack[0].name}'"), stacklevel=3)
     # -- 3D models: the series is prepared once (b=0 normalisation from the .bval beside the
     # input, brain mask, T1w on the output grid), then each volume is upscaled whole.
-    from mrisr.inference.volume3d import SeriesUpscaler3D, is_volume_model, read_series_bvals
     series3d = None
     if is_volume_model(model_pack[0]):
         series3d = SeriesUpscaler3D(target, reference, model_pack, out_shape, out_affine,

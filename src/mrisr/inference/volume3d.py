@@ -27,7 +27,7 @@ from __future__ import annotations
 import importlib.util
 import time
 from collections.abc import Sequence
-from typing import Callable, Optional, Union
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -39,16 +39,16 @@ from mrisr.data.intensity import robust_max
 from mrisr.degradation import spline_resize
 from mrisr.devices import select_device
 from mrisr.errors import InputError
-from mrisr.evaluation.methods import SRCase, SRMethod, register_method
+from mrisr.inference.result import UpscaleResult, grid_info
 from mrisr.inference.tiling import tile_windows
-from mrisr.inference.upscale import UpscaleResult, grid_info
 from mrisr.io.dwi import companion_paths, read_bvals
 from mrisr.io.nifti import Volume
-from mrisr.models.csr_dmri import VolumeFeatures, iter_grid_queries
+from mrisr.models.base import ReferenceUse, SRModel
+from mrisr.models.csr_dmri import CSRdMRI, VolumeFeatures, iter_grid_queries
 
 __all__ = ["DEFAULT_TILE", "DEFAULT_CHUNK", "DEFAULT_ADAPT_STEPS_3D", "is_volume_model",
            "encode_tiled", "encode_volume", "model_t1_input", "VolumeUpscaler",
-           "VolumeModelMethod", "read_series_bvals", "adapt_volume_model", "SeriesUpscaler3D"]
+           "read_series_bvals", "adapt_volume_model", "SeriesUpscaler3D"]
 
 #: LR voxels per axis of one encoder tile; its window adds twice the receptive radius (15 for
 #: csr_dmri_s, so 62^3 voxels, a few hundred MB of activations for the compact encoder).
@@ -59,9 +59,10 @@ DEFAULT_CHUNK = 2 ** 16
 DEFAULT_ADAPT_STEPS_3D = 100
 
 
-def is_volume_model(model: nn.Module) -> bool:
-    """Whether ``model`` super-resolves whole 3D volumes (``dims == 3``), not 2D slices."""
-    return getattr(model, "dims", 2) == 3
+def is_volume_model(model) -> bool:
+    """Whether ``model`` super-resolves whole 3D volumes (an :class:`SRModel` with
+    ``dims == 3``), not 2D slices (nor an interpolation baseline)."""
+    return isinstance(model, SRModel) and model.dims == 3
 
 
 @torch.no_grad()
@@ -76,7 +77,7 @@ def encode_tiled(encoder: nn.Module, x: torch.Tensor, tile: Optional[int] = DEFA
     ``None``). Returns ``(B, F, X, Y, Z)`` on ``x``'s device.
     """
     shape = tuple(int(n) for n in x.shape[2:])
-    halo = int(getattr(encoder, "receptive_radius") if halo is None else halo)
+    halo = int(encoder.receptive_radius if halo is None else halo)
     if tile is None or np.prod(shape) <= (tile + 2 * halo) ** len(shape):
         return encoder(x)
     out = None
@@ -88,7 +89,7 @@ def encode_tiled(encoder: nn.Module, x: torch.Tensor, tile: Optional[int] = DEFA
     return out
 
 
-def encode_volume(model: nn.Module, lr: torch.Tensor, reference: Optional[torch.Tensor] = None,
+def encode_volume(model: CSRdMRI, lr: torch.Tensor, reference: Optional[torch.Tensor] = None,
                   tile: Optional[int] = DEFAULT_TILE) -> VolumeFeatures:
     """``model.encode(lr, reference)`` with every encoder run by :func:`encode_tiled`.
 
@@ -97,12 +98,12 @@ def encode_volume(model: nn.Module, lr: torch.Tensor, reference: Optional[torch.
     return model.encode(lr, reference, apply=lambda encoder, x: encode_tiled(encoder, x, tile))
 
 
-def model_t1_input(model: nn.Module, t1: np.ndarray, lr_shape: Sequence[int]) -> np.ndarray:
+def model_t1_input(model: SRModel, t1: np.ndarray, lr_shape: Sequence[int]) -> np.ndarray:
     """The T1w as the model was trained to read it, from the scaled T1w ``t1`` on the HR
     (output) grid: cubic B-spline downsampling to ``lr_shape`` for ``t1_mode="lr_channel"``
     (as :class:`~mrisr.training.volumes.VolumePatchTask` degrades it), unchanged for
     ``own_resolution``. float32 ``(x, y, z)`` or ``(X, Y, Z)``."""
-    if getattr(model, "t1_mode", None) == "own_resolution":
+    if model.reference_use is ReferenceUse.OWN_RESOLUTION:
         return np.asarray(t1, dtype=np.float32)
     return spline_resize(np.asarray(t1, dtype=np.float32), tuple(lr_shape), order=3)
 
@@ -111,25 +112,27 @@ class VolumeUpscaler:
     """Applies a 3D model to whole volumes (see the module docstring).
 
     Args:
-        model: a model with ``dims == 3`` (CSR-dMRI, ArSSR, their ablations).
+        model: a 3D model (``dims == 3``: CSR-dMRI, ArSSR, their ablations).
         device: where the model runs.
         tile: encoder tile (LR voxels per axis, see :func:`encode_tiled`); ``None``: whole.
         chunk: output points per decoder call.
         amp: bfloat16 autocast on CUDA.
     """
 
-    def __init__(self, model: nn.Module, device: torch.device, tile: Optional[int] = DEFAULT_TILE,
+    def __init__(self, model: CSRdMRI, device: torch.device, tile: Optional[int] = DEFAULT_TILE,
                  chunk: int = DEFAULT_CHUNK, amp: bool = False):
         if not is_volume_model(model):
-            raise InputError(f"model {getattr(model, 'preset', None) or type(model).__name__} is "
-                             "2D; whole-volume inference needs a 3D model (CSR-dMRI family)")
+            name = (model.preset if isinstance(model, SRModel) else None) or \
+                type(model).__name__
+            raise InputError(f"model {name} is 2D; whole-volume inference needs a 3D model "
+                             "(CSR-dMRI family)")
         self.model = model.eval().to(device)
         self.device = device
         self.tile = tile
         self.chunk = int(chunk)
         self.amp = amp and device.type == "cuda"
-        self.uses_reference = bool(getattr(model, "use_reference", False))
-        self.level_norm = bool(getattr(model, "level_norm", False))
+        self.uses_reference = model.uses_reference
+        self.level_norm = model.level_norm
         # (T1w array, its features): the volumes of a 4D series share one T1w, so a model that
         # encodes it at its own resolution encodes it once, not once per volume.
         self._t1_features: Optional[tuple[np.ndarray, torch.Tensor]] = None
@@ -137,7 +140,7 @@ class VolumeUpscaler:
     def _encoder_runner(self, t1: Optional[np.ndarray]):
         """The ``apply`` of :meth:`CSRdMRI.encode`: tiled encoders, the T1w encoder's result
         reused while the same ``t1`` array is passed."""
-        t1_encoder = getattr(self.model, "t1_encoder", None)
+        t1_encoder = self.model.t1_encoder  # None unless the T1w has its own encoder
 
         def run(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
             if encoder is not t1_encoder:
@@ -194,49 +197,6 @@ class VolumeUpscaler:
         return result
 
 
-def _resolve_model(model: Union[str, nn.Module]) -> nn.Module:
-    """An ``nn.Module`` as given, a preset with shipped weights, or a checkpoint path."""
-    from mrisr.models.checkpoint import load_checkpoint
-    from mrisr.models.registry import PRESETS, create_model
-
-    if isinstance(model, nn.Module):
-        return model
-    if model in PRESETS:
-        return create_model(model, pretrained=True)
-    return load_checkpoint(model).model
-
-
-@register_method("model3d")
-class VolumeModelMethod(SRMethod):
-    """A trained 3D model (CSR-dMRI family) as an evaluation method.
-
-    The case's ``lr`` holds attenuations ``S / S_0`` (as the model was trained on) and its
-    ``reference`` the scaled T1w on the output (HR) grid; the model degrades the T1w to the LR
-    grid itself when it reads it there.
-
-    Args:
-        model: a preset with shipped weights (``"csr_dmri_s"``), a checkpoint path, or an
-            ``nn.Module``.
-        device, threads: where it runs (``threads``: CPU threads for torch).
-        tile, chunk: see :class:`VolumeUpscaler`.
-    """
-
-    def __init__(self, model: Union[str, nn.Module] = "csr_dmri_s", device: str = "auto",
-                 threads: Optional[int] = None, tile: Optional[int] = DEFAULT_TILE,
-                 chunk: int = DEFAULT_CHUNK):
-        if threads:
-            torch.set_num_threads(threads)
-        net = _resolve_model(model)
-        if not is_volume_model(net):
-            raise InputError(f"method model3d: model '{model}' is 2D; evaluate it with method "
-                             "'model'")
-        self.upscaler = VolumeUpscaler(net, select_device(device), tile, chunk)
-        self.uses_reference = self.upscaler.uses_reference
-
-    def __call__(self, case: SRCase) -> np.ndarray:
-        return self.upscaler(case.lr, case.out_shape, case.reference)
-
-
 def read_series_bvals(series_path, n_volumes: int) -> Optional[np.ndarray]:
     """b-values ``(N,)`` of the ``.bval`` file beside a 4D series, ``None`` when there is none."""
     bval, _ = companion_paths(series_path)
@@ -248,7 +208,7 @@ def read_series_bvals(series_path, n_volumes: int) -> Optional[np.ndarray]:
     return bvals
 
 
-def adapt_volume_model(model: nn.Module, volumes: np.ndarray, mask: np.ndarray,
+def adapt_volume_model(model: SRModel, volumes: np.ndarray, mask: np.ndarray,
                        factors: Sequence[float], t1: Optional[np.ndarray] = None,
                        steps: int = DEFAULT_ADAPT_STEPS_3D, *, lr: float = 1e-4,
                        batch_size: int = 4, lr_patch: int = 10, frequency_weight: float = 0.01,
@@ -285,7 +245,7 @@ def adapt_volume_model(model: nn.Module, volumes: np.ndarray, mask: np.ndarray,
     f = np.broadcast_to(np.asarray(factors, dtype=np.float64), 3)
     if np.any(f < 1.0):
         raise InputError(f"adaptation needs upscaling factors >= 1, got {tuple(f)}")
-    uses_t1 = bool(getattr(model, "use_reference", False))
+    uses_t1 = model.uses_reference
     extent = min(volumes.shape[:3])
     patch = int(np.clip(np.floor(extent / f.max()), 4, lr_patch))
     d = DmriDataConfig(kind="phantom", lr_patch=patch, scale_range=[float(f.min()),
@@ -303,8 +263,8 @@ def adapt_volume_model(model: nn.Module, volumes: np.ndarray, mask: np.ndarray,
                          t1=None if t1 is None else np.asarray(t1, np.float32),
                          mask=np.asarray(mask, bool), affine=np.eye(4))
     task = VolumePatchTask(cfg, [subject], use_t1=uses_t1,
-                           t1_mode=getattr(model, "t1_mode", None),
-                           level_norm=bool(getattr(model, "level_norm", False)),
+                           t1_mode=model.reference_use.value if uses_t1 else None,
+                           level_norm=model.level_norm,
                            fixed_scales=tuple(f))
     device = device or next(model.parameters()).device
     net = copy.deepcopy(model).to(device).train()
@@ -351,8 +311,8 @@ class SeriesUpscaler3D:
     Args:
         target: ``(x, y, z, N)`` series or ``(x, y, z)`` volume on the LR grid.
         reference: the T1w image (any resolution, orientation and field of view), or ``None``.
-        model_pack: ``(model, description)`` as :func:`mrisr.inference.upscale.load_model`
-            returns.
+        model_pack: ``(model, description)`` as
+            :func:`mrisr.inference.selection.load_upscale_model` returns.
         out_shape, out_affine: the output grid (same field of view as ``target``).
         bvals: ``(N,)`` b-values (s/mm^2) of the series, or ``None``.
         device, amp, tile, chunk: see :class:`VolumeUpscaler`.

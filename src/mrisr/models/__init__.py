@@ -1,23 +1,48 @@
-"""Models: shared RDN encoder and implicit queries, Dual-ArbNet, LIIF; registry and presets.
+"""Models: the declared interface (:mod:`~mrisr.models.base`), the shared RDN encoder and
+implicit queries, Dual-ArbNet, LIIF, CSR-dMRI, ArSSR; registry, presets and loading.
 
-Importing this package registers the architectures, their presets and the evaluation
-plug-ins (so ``mrisr evaluate`` can name them).
+Importing this package registers the presets and needs no torch (``mrisr models`` lists them
+at once); the model classes and the loaders (:mod:`mrisr.models.loading`, which registers the
+architectures) are imported on first use of their names here.
 """
-from mrisr.models.checkpoint import load_checkpoint, save_checkpoint
-from mrisr.models.csr_dmri import ArSSR, CSRdMRI, PointQuery
-from mrisr.models.dual_arbnet import DualArbNet, GridQuery
-from mrisr.models.liif import LIIF
-from mrisr.models.rdn import RDN
-from mrisr.models.registry import (PRESETS, Preset, create_model, list_models,
-                                   register_architecture, register_preset)
 from mrisr.models import presets as _presets  # noqa: F401  (registers the presets)
+from mrisr.models.registry import (ARCHITECTURES, PRESETS, Preset, list_models,
+                                   register_architecture, register_preset, weights_path)
 
-register_architecture("dualarbnet")(DualArbNet)
-register_architecture("liif")(LIIF)
-register_architecture("csr_dmri")(CSRdMRI)
-register_architecture("arssr")(ArSSR)
+_LAZY = {
+    "SRModel": "base", "ReferenceUse": "base",
+    "build_architecture": "loading", "create_model": "loading", "load_checkpoint": "loading",
+    "load_model": "loading", "LoadedCheckpoint": "loading", "LoadedModel": "loading",
+    "save_checkpoint": "checkpoint",
+    "DualArbNet": "dual_arbnet", "GridQuery": "dual_arbnet", "LIIF": "liif", "RDN": "rdn",
+    "ArSSR": "csr_dmri", "CSRdMRI": "csr_dmri", "PointQuery": "csr_dmri",
+}
 
-__all__ = ["DualArbNet", "GridQuery", "LIIF", "RDN", "PRESETS", "Preset", "create_model",
-           "list_models", "load_checkpoint", "save_checkpoint", "register_architecture",
-           "register_preset"]
-__all__ += ["ArSSR", "CSRdMRI", "PointQuery"]
+
+def __getattr__(name: str):
+    """The torch-backed names of ``__all__``, imported when first asked for."""
+    module = _LAZY.get(name)
+    if module == "base":
+        from mrisr.models import base as found
+    elif module == "loading":
+        from mrisr.models import loading as found
+    elif module == "checkpoint":
+        from mrisr.models import checkpoint as found
+    elif module == "dual_arbnet":
+        from mrisr.models import dual_arbnet as found
+    elif module == "liif":
+        from mrisr.models import liif as found
+    elif module == "rdn":
+        from mrisr.models import rdn as found
+    elif module == "csr_dmri":
+        from mrisr.models import csr_dmri as found
+    else:
+        raise AttributeError(f"module 'mrisr.models' has no attribute '{name}'")
+    return getattr(found, name)
+
+
+__all__ = ["ARCHITECTURES", "PRESETS", "Preset", "list_models", "register_architecture",
+           "register_preset", "weights_path", "SRModel", "ReferenceUse", "build_architecture",
+           "create_model", "load_checkpoint", "load_model", "LoadedCheckpoint", "LoadedModel",
+           "save_checkpoint", "DualArbNet", "GridQuery", "LIIF", "RDN", "ArSSR", "CSRdMRI",
+           "PointQuery"]

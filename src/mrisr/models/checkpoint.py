@@ -7,21 +7,23 @@ A checkpoint is a plain dict of tensors and primitive values:
 ``code_version`` (mrisr version and git commit when known), ``created``, ``step`` and, for
 resuming, ``optimizer``, ``scheduler`` and ``trainer`` state. Shipped weights keep only what
 inference needs.
+
+This module writes and reads the format; :func:`mrisr.models.loading.load_checkpoint` and
+:func:`mrisr.models.loading.load_model` rebuild the model it describes.
 """
 from __future__ import annotations
 
 import datetime
 import os
 import subprocess
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 from torch import nn
 
 from mrisr.errors import InputError
 from mrisr.io.atomic import atomic_path
+from mrisr.models.base import SRModel
 
 FORMAT = "mrisr-checkpoint-v1"
 
@@ -45,15 +47,18 @@ def code_version() -> str:
     return f"{__version__}+g{commit}" + (".dirty" if dirty else "")
 
 
-def describe(model: nn.Module) -> dict:
-    return {"architecture": model.architecture, "args": dict(model.architecture_args),
-            "preset": getattr(model, "preset", None)}
+def describe(model: SRModel) -> dict:
+    """What a checkpoint stores of the model: registered architecture, arguments, preset."""
+    return {"architecture": model.architecture, "args": dict(model.architecture_args or {}),
+            "preset": model.preset}
 
 
 def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> Path:
     """Write a checkpoint atomically; ``extra`` entries (train_config, data, step, optimizer,
-    ...) are stored as given."""
-    model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+    ...) are stored as given. ``model``: an :class:`SRModel`, or one wrapped in
+    ``DistributedDataParallel``."""
+    if isinstance(model, nn.parallel.DistributedDataParallel):
+        model = model.module
     payload = {"format": FORMAT, "model": describe(model),
                "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
                "code_version": code_version(),
@@ -63,12 +68,6 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, **extra) -> Path:
     with atomic_path(out) as tmp:
         torch.save(payload, tmp)
     return out
-
-
-@dataclass
-class LoadedCheckpoint:
-    model: nn.Module
-    payload: dict
 
 
 def _load_failure(exc: Exception) -> str:
@@ -97,19 +96,3 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
         raise InputError(f"{p}: not an mrisr checkpoint (format {payload.get('format')!r})"
                          if isinstance(payload, dict) else f"{p}: not an mrisr checkpoint")
     return payload
-
-
-def load_checkpoint(path: str | os.PathLike, device: Optional[torch.device] = None
-                    ) -> LoadedCheckpoint:
-    """Rebuild the model described in a checkpoint and load its weights (eval mode)."""
-    from mrisr.models.registry import build_architecture
-    payload = read_checkpoint(path)
-    desc = payload["model"]
-    model = build_architecture(desc["architecture"], desc["args"])
-    if desc.get("preset"):
-        model.preset = desc["preset"]
-    model.load_state_dict(payload["state_dict"])
-    model.eval()
-    if device is not None:
-        model.to(device)
-    return LoadedCheckpoint(model=model, payload=payload)

@@ -31,9 +31,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from mrisr.models.base import ReferenceUse, SRModel
 from mrisr.models.query import (bspline_coefficients, relative_offset, sample_bspline,
                                 sample_points)
 from mrisr.models.rdn import RDN
+from mrisr.models.registry import register_architecture
 
 __all__ = ["PointQuery", "VolumeFeatures", "CSRdMRI", "ArSSR", "ImplicitFunction",
            "ArSSRDecoder", "PointwiseHead", "grid_point_query", "iter_grid_queries"]
@@ -203,7 +205,8 @@ class PointwiseHead(nn.Module):
         return self.net(x)
 
 
-class CSRdMRI(nn.Module):
+@register_architecture("csr_dmri")
+class CSRdMRI(SRModel):
     """CSR-dMRI and its ablations (see the module docstring).
 
     Args:
@@ -240,6 +243,7 @@ class CSRdMRI(nn.Module):
     """
 
     in_channels = 1
+    out_channels = 1
     dims = 3
 
     def __init__(self, G0: int = 64, D: int = 8, C: int = 3, G: int = 64,
@@ -263,6 +267,7 @@ class CSRdMRI(nn.Module):
             raise ValueError(f"t1_mode must be lr_channel or own_resolution, got {t1_mode!r}")
         self.use_t1 = use_t1
         self.t1_mode = t1_mode if use_t1 else None
+        self.reference_use = ReferenceUse(t1_mode) if use_t1 else ReferenceUse.NONE
         # The baseline has no implicit function, hence no coordinate input.
         self.use_coord = use_coord and decoder != "baseline"
         self.coordinate = coordinate
@@ -272,6 +277,7 @@ class CSRdMRI(nn.Module):
         stacked = use_t1 and t1_mode == "lr_channel"
         self.encoder = RDN(2 if stacked else 1, G0, D, C, G, out_channels=feature_channels,
                            dims=3)
+        self.encoder_radius = self.encoder.receptive_radius
         self.t1_encoder = None
         width = feature_channels + (3 if self.use_coord else 0) + (3 if self.use_scale else 0)
         if use_t1 and t1_mode == "own_resolution":
@@ -287,11 +293,6 @@ class CSRdMRI(nn.Module):
             self.decoder = ArSSRDecoder(width, hidden)
         else:
             self.decoder = PointwiseHead(width, hidden)
-
-    @property
-    def use_reference(self) -> bool:
-        """Whether a T1w image must be passed (the generic name the training code reads)."""
-        return self.use_t1
 
     # -- encoder -------------------------------------------------------------------------
     def encode(self, lr: torch.Tensor, reference: Optional[torch.Tensor] = None,
@@ -375,6 +376,7 @@ class CSRdMRI(nn.Module):
         return self.decode_grid(features, query)
 
 
+@register_architecture("arssr")
 class ArSSR(CSRdMRI):
     """ArSSR (Wu et al., JBHI 2022) as the single-contrast member of the family: RDN encoder
     (G0 = G = 64, D = 8, C = 3, 128 features), ArSSR decoder, no T1w."""

@@ -32,8 +32,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mrisr.models.base import ReferenceUse, SRModel
 from mrisr.models.query import relative_offset, sample_grid
 from mrisr.models.rdn import RDN
+from mrisr.models.registry import register_architecture
 
 
 @dataclass
@@ -134,6 +136,10 @@ class FusionLayer(nn.Module):
                                   for _ in range(n_convs))
         self.attention = ChannelSpatialAttention(channels, reduction, channel_attention,
                                                  spatial_attention)
+        #: the channel attention pools over the whole grid
+        self.pools_globally = channel_attention
+        #: the spatial attention's 3x3 conv reaches one voxel beyond the pre-attention state
+        self.attention_radius = 1 if spatial_attention else 0
 
     def pre_attention(self, x: torch.Tensor) -> torch.Tensor:
         if torch.is_grad_enabled():
@@ -149,11 +155,17 @@ class FusionLayer(nn.Module):
             r = torch.relu_(conv(r))
         return y + r if r is y else r.add_(y)
 
+    def attend(self, y: torch.Tensor, pooled=None, inplace: bool = False) -> torch.Tensor:
+        """The attention applied to the pre-attention state ``y`` (``pooled``: the global
+        statistics of the whole grid; ``inplace``: scale ``y`` itself)."""
+        return self.attention(y, pooled, inplace=inplace)
+
     def forward(self, x: torch.Tensor, pooled=None) -> torch.Tensor:
         return x + self.attention(self.pre_attention(x), pooled)
 
 
-class DualArbNet(nn.Module):
+@register_architecture("dualarbnet")
+class DualArbNet(SRModel):
     """Dual-ArbNet. See the module docstring.
 
     Args:
@@ -175,6 +187,9 @@ class DualArbNet(nn.Module):
             ``False`` leaves the output to the network as in the paper.
     """
 
+    dims = 2
+    layerwise = True
+
     def __init__(self, in_channels: int = 1, G0: int = 64, D: int = 5, C: int = 10, G: int = 64,
                  fusion_channels: int = 128, fusion_layers: int = 5, fusion_convs: int = 4,
                  attention_reduction: int = 16, skip_hidden: int = 64, sampling: str = "nearest",
@@ -186,10 +201,10 @@ class DualArbNet(nn.Module):
             raise ValueError(f"sampling must be 'nearest' or 'linear', got {sampling!r}")
         if not (use_scale or use_coord):
             raise ValueError("the IDF needs the scale or the coordinate input (or both)")
-        self.in_channels = in_channels
+        self.in_channels = self.out_channels = in_channels
+        self.reference_use = ReferenceUse.IMAGE if use_reference else ReferenceUse.NONE
         self.sampling = sampling
         self.reference_grad = reference_grad
-        self.use_reference = use_reference
         self.use_scale = use_scale
         self.use_coord = use_coord
         if image_residual is True:
@@ -198,7 +213,6 @@ class DualArbNet(nn.Module):
             raise ValueError(f"image_residual must be false, 'linear' or 'cubic', got "
                              f"{image_residual!r}")
         self.image_residual = image_residual or None
-        self.dims = 2
         self.encoder = RDN(in_channels, G0, D, C, G, dims=2)
         unfolded = 9 * G0
         self.stem_target = nn.Conv2d(unfolded, fusion_channels, 1)
@@ -216,9 +230,9 @@ class DualArbNet(nn.Module):
         self.skip_mid = nn.Conv2d(skip_hidden, skip_hidden, 1)
         self.skip_out = nn.Conv2d(skip_hidden, in_channels, 1)
         # Output voxels depend on fused features this many output voxels away (each fusion
-        # layer reaches ``fusion_layer_radius``).
-        self.fusion_layer_radius = fusion_convs + (1 if spatial_attention else 0)
-        self.decoder_radius = fusion_layers * self.fusion_layer_radius
+        # layer reaches ``decoder_layer_radius``).
+        self.decoder_layer_radius = fusion_convs + (1 if spatial_attention else 0)
+        self.decoder_radius = fusion_layers * self.decoder_layer_radius
         self.encoder_radius = self.encoder.receptive_radius + 1  # + the 3x3 unfold
 
     # -- encoder -------------------------------------------------------------------------
@@ -241,7 +255,7 @@ class DualArbNet(nn.Module):
                       target_skip=self._on_unfolded(self.skip_in, target),
                       target_shape=tuple(lr.shape[2:]),
                       target_image=lr if self.image_residual else None)
-        if self.use_reference:
+        if self.uses_reference:
             if reference is None:
                 raise ValueError("this Dual-ArbNet needs a reference image")
             with torch.set_grad_enabled(self.reference_grad and torch.is_grad_enabled()):
@@ -271,15 +285,19 @@ class DualArbNet(nn.Module):
 
     @property
     def has_global_pooling(self) -> bool:
-        return any(layer.attention.mlp is not None for layer in self.fusion)
+        return any(layer.pools_globally for layer in self.fusion)
+
+    @property
+    def decoder_layers(self) -> nn.ModuleList:
+        return self.fusion
 
     def _fusion_input(self, enc: Encoded, query: GridQuery) -> torch.Tensor:
         x = sample_grid(enc.target_stem, query.target_positions, self.sampling)
-        if self.use_reference:
+        if self.uses_reference:
             x = x + sample_grid(enc.reference_stem, query.reference_positions, self.sampling)
         return x
 
-    def fusion_pooling(self, enc: Encoded, query: GridQuery, layer_index: int, pooled: list,
+    def layer_pooling(self, enc: Encoded, query: GridQuery, layer_index: int, pooled: list,
                        interior: tuple) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Sum and maximum of fusion layer ``layer_index``'s attention input over the
         ``interior`` (a tuple of slices) of the window ``query``, given the pooled statistics
@@ -302,7 +320,7 @@ class DualArbNet(nn.Module):
         x, h = self.decode_begin(enc, query)
         for i in range(len(self.fusion)):
             x = self.fusion[i](x, pooled[i] if pooled is not None else None)
-            h = self.idf_step(i, h, x)
+            h = self.decode_step(i, h, x)
         return self.decode_end(enc, query, h)
 
     # The pieces of :meth:`decode`, for decoding layer by layer (mrisr.inference.tiling).
@@ -316,7 +334,7 @@ class DualArbNet(nn.Module):
                                   .contiguous(memory_format=cl)))
         return x, h
 
-    def idf_step(self, i: int, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    def decode_step(self, i: int, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """IDF layer ``i`` modulated by the target half of fusion layer ``i``'s output ``x``."""
         return torch.sin(self.idf[i](h) * x[:, :x.shape[1] // 2])
 
@@ -334,6 +352,3 @@ class DualArbNet(nn.Module):
                                       self.image_residual)
         return out + skip
 
-    def forward(self, lr: torch.Tensor, reference: Optional[torch.Tensor],
-                query: GridQuery) -> torch.Tensor:
-        return self.decode(self.encode(lr, reference), query)

@@ -21,11 +21,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mrisr.models.base import ReferenceUse, SRModel
 from mrisr.models.dual_arbnet import GridQuery
 from mrisr.models.rdn import RDN
+from mrisr.models.registry import register_architecture
 
 
-class LIIF(nn.Module):
+@register_architecture("liif")
+class LIIF(SRModel):
     """LIIF with an RDN encoder.
 
     Args:
@@ -35,18 +38,18 @@ class LIIF(nn.Module):
         chunk: query points decoded per batch item at once.
     """
 
-    uses_reference = False
+    dims = 2
+    reference_use = ReferenceUse.NONE
 
     def __init__(self, in_channels: int = 1, G0: int = 64, D: int = 16, C: int = 8, G: int = 64,
                  hidden: tuple = (256, 256, 256, 256), local_ensemble: bool = True,
                  cell_decode: bool = True, unfold: bool = True, chunk: int = 30000):
         super().__init__()
-        self.in_channels = in_channels
+        self.in_channels = self.out_channels = in_channels
         self.local_ensemble = local_ensemble
         self.cell_decode = cell_decode
         self.unfold = unfold
         self.chunk = chunk
-        self.dims = 2
         self.encoder = RDN(in_channels, G0, D, C, G, dims=2)
         width = G0 * (9 if unfold else 1) + 2 + (2 if cell_decode else 0)
         layers = []
@@ -112,7 +115,3 @@ class LIIF(nn.Module):
                 for i in range(0, points.shape[1], self.chunk)]
         out = torch.cat(outs, dim=1)
         return out.transpose(1, 2).reshape(b, -1, ys.shape[1], xs.shape[1])
-
-    def forward(self, lr: torch.Tensor, reference: Optional[torch.Tensor],
-                query: GridQuery) -> torch.Tensor:
-        return self.decode(self.encode(lr), query)

@@ -1,6 +1,6 @@
 """Named model configurations.
 
-``*_ref`` reproduce the public reference code's sizes (slow on a CPU: see METHODS.md);
+``*_ref`` reproduce the public reference code's sizes (slow on a CPU: docs/REFERENCE_NOTES.md);
 ``*_s`` are compact presets that train on two CPU cores within an hour and are the shipped
 defaults once trained.
 """

@@ -1,8 +1,11 @@
 """Model registry: architectures by name, named presets, shipped weights (timm-style).
 
-``create_model("dualarbnet_s", pretrained=True)`` builds the preset's architecture and, with
-``pretrained``, loads the checkpoint shipped in ``mrisr/weights/<name>.pt``.
-``create_model("dualarbnet", G0=32, ...)`` builds an architecture with explicit arguments.
+Architectures register themselves with :func:`register_architecture` where they are defined
+(``@register_architecture("dualarbnet") class DualArbNet``); presets with
+:func:`register_preset` (:mod:`mrisr.models.presets`). Building and loading models is
+:mod:`mrisr.models.loading` (``create_model``, ``load_model``), which imports the
+architectures. This module imports neither torch nor the architectures, so presets and
+shipped weights can be listed without them.
 """
 from __future__ import annotations
 
@@ -11,12 +14,11 @@ from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
-from mrisr.errors import ConfigError, InputError
+from mrisr.errors import ConfigError
+from mrisr.registry import Registry
 
 if TYPE_CHECKING:  # torch is not imported here, so that the presets can be listed without it
     from torch import nn
-
-_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {}
 
 
 @dataclass(frozen=True)
@@ -29,18 +31,19 @@ class Preset:
     description: str = ""
 
 
-PRESETS: dict[str, Preset] = {}
+#: Architecture name -> model class (filled when :mod:`mrisr.models.loading` imports them).
+ARCHITECTURES: Registry[Callable[..., "nn.Module"]] = Registry("architecture", ConfigError)
+#: Preset name -> :class:`Preset` (filled by :mod:`mrisr.models.presets`).
+PRESETS: Registry[Preset] = Registry("preset", ConfigError)
 
 
 def register_architecture(name: str) -> Callable:
-    def wrap(cls):
-        _ARCHITECTURES[name] = cls
-        return cls
-    return wrap
+    """Class decorator: register a model class under ``name``."""
+    return ARCHITECTURES.register(name)
 
 
 def register_preset(preset: Preset) -> None:
-    PRESETS[preset.name] = preset
+    PRESETS.register(preset.name, preset)
 
 
 def weights_path(name: str) -> Path:
@@ -51,42 +54,3 @@ def list_models(pretrained: bool = False) -> list[str]:
     """Preset names (with ``pretrained``, only those with shipped weights)."""
     names = sorted(PRESETS)
     return [n for n in names if weights_path(n).exists()] if pretrained else names
-
-
-def build_architecture(architecture: str, args: dict) -> nn.Module:
-    if architecture not in _ARCHITECTURES:
-        raise ConfigError(f"unknown architecture '{architecture}' "
-                          f"(known: {', '.join(sorted(_ARCHITECTURES))})")
-    try:
-        model = _ARCHITECTURES[architecture](**args)
-    except TypeError as exc:
-        raise ConfigError(f"architecture '{architecture}': bad arguments ({exc})") from None
-    model.architecture = architecture
-    model.architecture_args = dict(args)
-    return model
-
-
-def create_model(name: str, pretrained: bool = False, **overrides) -> nn.Module:
-    """Build a preset (``dualarbnet_s``) or an architecture (``dualarbnet``) by name."""
-    if name in PRESETS:
-        preset = PRESETS[name]
-        model = build_architecture(preset.architecture, {**preset.args, **overrides})
-        model.preset = name
-    elif name in _ARCHITECTURES:
-        if pretrained:
-            raise ConfigError(f"'{name}' is an architecture; pretrained weights exist for "
-                              f"presets: {', '.join(list_models(True)) or 'none'}")
-        return build_architecture(name, overrides)
-    else:
-        raise ConfigError(f"unknown model '{name}' (presets: {', '.join(sorted(PRESETS))}; "
-                          f"architectures: {', '.join(sorted(_ARCHITECTURES))})")
-    if pretrained:
-        from mrisr.models.checkpoint import load_checkpoint
-        path = weights_path(name)
-        if not path.exists():
-            raise InputError(f"no shipped weights for '{name}' (have: "
-                             f"{', '.join(list_models(True)) or 'none'})")
-        if overrides:
-            raise ConfigError("pretrained weights cannot be combined with argument overrides")
-        return load_checkpoint(path).model
-    return model

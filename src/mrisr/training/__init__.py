@@ -1,6 +1,9 @@
 """Training: configs, the shared trainer, 2D slice tasks, losses and DDP helpers.
 
-:func:`train` is what ``mrisr train CONFIG`` runs (also under ``torchrun``).
+:func:`train` is what ``mrisr train CONFIG`` runs (also under ``torchrun``). Training knows
+nothing of inference or evaluation: periodic validation (``validation.every``) is a
+``validator`` passed to :func:`train` (``mrisr train`` passes
+:func:`mrisr.evaluation.validation.slice_validator`).
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ from mrisr.devices import select_device
 from mrisr.errors import ConfigError, InputError
 from mrisr.training.config import TrainConfig
 from mrisr.training.distributed import init_distributed, shutdown
-from mrisr.training.trainer import Trainer
+from mrisr.models.base import SRModel
+from mrisr.training.trainer import Trainer, Validator
 
 
 def load_train_config(path: str | os.PathLike, overrides: Optional[dict] = None) -> TrainConfig:
@@ -23,20 +27,21 @@ def load_train_config(path: str | os.PathLike, overrides: Optional[dict] = None)
     return from_dict(TrainConfig, merge(data, overrides or {}), source=str(path))
 
 
-def build_task(cfg: TrainConfig, model):
+def build_task(cfg: TrainConfig, model: SRModel):
     dims = 3 if cfg.task == "dmri3d" else 2
-    if getattr(model, "dims", 2) != dims:
-        raise ConfigError(f"model '{cfg.model.name}' is {getattr(model, 'dims', 2)}D but task "
+    if model.dims != dims:
+        raise ConfigError(f"model '{cfg.model.name}' is {model.dims}D but task "
                           f"'{cfg.task}' trains {dims}D models")
     if cfg.task == "dmri3d":
-        from mrisr.training.volumes import VolumePatchTask, load_dwi_subjects
-        use_t1 = bool(getattr(model, "use_reference", False))
+        from mrisr.data.dwi_sources import load_dwi_subjects
+        from mrisr.training.volumes import VolumePatchTask
+        use_t1 = model.uses_reference
         subjects = load_dwi_subjects(cfg.dmri, use_t1, t1_optional=cfg.dmri.t1_dropout > 0)
         return VolumePatchTask(cfg, subjects, use_t1,
-                               getattr(model, "t1_mode", None),
-                               bool(getattr(model, "level_norm", False)))
+                               model.reference_use.value if use_t1 else None,
+                               model.level_norm)
     from mrisr.training.slices import SliceVolumes, SlicePatchTask
-    needs_ref = bool(getattr(model, "use_reference", False))
+    needs_ref = model.uses_reference
     volumes = SliceVolumes.load(cfg.data, need_reference=needs_ref)
     return SlicePatchTask(cfg, volumes, needs_reference=needs_ref)
 
@@ -60,16 +65,17 @@ def check_run_folder(output: str | os.PathLike, resume: Optional[str] = None,
                           "auto or start over with --overwrite")
 
 
-def initialise_from(model, source: str) -> None:
+def initialise_from(model: SRModel, source: str) -> None:
     """Load the weights of ``source`` (a preset with shipped weights or a checkpoint path)
     into ``model``; both must be the same architecture with the same arguments."""
-    from mrisr.models.checkpoint import describe, load_checkpoint
+    from mrisr.models.checkpoint import describe
+    from mrisr.models.loading import load_model
     from mrisr.models.registry import PRESETS, weights_path
 
     path = weights_path(source) if source in PRESETS else Path(source)
     if not path.exists():
         raise InputError(f"{source}: no weights to start from (model.init)")
-    loaded = load_checkpoint(path)
+    loaded = load_model(source)
     theirs, mine = describe(loaded.model), describe(model)
     if theirs["architecture"] != mine["architecture"] or theirs["args"] != mine["args"]:
         raise ConfigError(f"model.init {source}: weights of {theirs['architecture']} "
@@ -78,13 +84,20 @@ def initialise_from(model, source: str) -> None:
 
 
 def train(cfg: TrainConfig, resume: Optional[str] = None, show_progress: bool = True,
-          overwrite: bool = False) -> Optional[Path]:
+          overwrite: bool = False, validator: Optional[Validator] = None) -> Optional[Path]:
     """Train the model of ``cfg``; ``resume``: a ``last.pt`` path, or ``"auto"`` to continue
     from ``<output>/last.pt`` when it exists (else start over). A folder that holds a run is
     refused unless it is resumed or ``overwrite`` (which deletes its log and checkpoints).
-    Returns the ``final.pt`` path (rank 0)."""
-    from mrisr.models.registry import create_model
+    ``validator``: ``validator(model, device) -> {"psnr", "ssim"}``, run every
+    ``validation.every`` steps (required when that is set; e.g.
+    :func:`mrisr.evaluation.validation.slice_validator`). Returns the ``final.pt`` path
+    (rank 0)."""
+    from mrisr.models.loading import create_model
 
+    if cfg.validation.every and validator is None:
+        raise ConfigError("validation.every is set but no validator was given: pass "
+                          "validator=mrisr.evaluation.validation.slice_validator("
+                          "cfg.validation.evaluate, cfg.data.input) (mrisr train does)")
     check_run_folder(cfg.output, resume, overwrite)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
@@ -101,7 +114,8 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, show_progress: bool = 
             from mrisr.data.datasets import resolve_manifest
             manifest_digest = resolve_manifest(cfg.data.dataset).digest()
         trainer = Trainer(cfg, task, model, device, info,
-                          {**task.describe_data(), "manifest_digest": manifest_digest})
+                          {**task.describe_data(), "manifest_digest": manifest_digest},
+                          validator)
         last = Path(cfg.output) / "last.pt"
         if resume == "auto":
             resume = str(last) if last.exists() else None

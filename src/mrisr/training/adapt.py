@@ -28,6 +28,7 @@ from torch import nn
 
 from mrisr.data.intensity import robust_max
 from mrisr.errors import InputError
+from mrisr.models.base import SRModel
 from mrisr.training.config import (DataConfig, DegradationMix, OptimConfig, Phase, RunConfig,
                                    SourceSpec, TrainConfig)
 from mrisr.training.slices import SlicePatchTask, SliceVolumes, Source, TrainingVolume
@@ -83,7 +84,7 @@ def adapt_config(mode: str, pair_scale: float, steps: int, batch_size: int, patc
     return cfg
 
 
-def adapt_model(model: nn.Module, target: np.ndarray, factors: Sequence[float],
+def adapt_model(model: SRModel, target: np.ndarray, factors: Sequence[float],
                 slice_axis: int, reference: Optional[np.ndarray] = None,
                 steps: int = DEFAULT_ADAPT_STEPS, *, lr: float = 1e-4, batch_size: int = 4,
                 patch: int = 24, seed: int = 0, device: Optional[torch.device] = None,
@@ -98,7 +99,7 @@ def adapt_model(model: nn.Module, target: np.ndarray, factors: Sequence[float],
     """
     if steps < 1:
         raise InputError(f"adaptation needs at least one step, got {steps}")
-    uses_ref = bool(getattr(model, "use_reference", False))
+    uses_ref = model.uses_reference
     if uses_ref and reference is None:
         raise InputError("adaptation of a reference-guided model needs the reference")
     target = np.abs(np.asarray(target, dtype=np.float32))

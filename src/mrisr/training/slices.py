@@ -30,17 +30,13 @@ import torch
 from mrisr.data import randomise as rnd
 from mrisr.data.datasets import DatasetSpec, load_subjects
 from mrisr.data.intensity import as_channels, robust_max
+from mrisr.data.selection import select_slices
 from mrisr.data.synthetic import random_contrast
 from mrisr.degradation import degrade
 from mrisr.errors import InputError
 from mrisr.models.dual_arbnet import GridQuery
 from mrisr.training.config import DataConfig, Phase, SourceSpec, TrainConfig
 from mrisr.training.losses import sr_loss
-
-
-def _valid_slices(mask: np.ndarray, axis: int, min_fraction: float) -> np.ndarray:
-    other = tuple(a for a in range(3) if a != axis)
-    return np.flatnonzero(mask.mean(axis=other) >= min_fraction)
 
 
 @dataclass
@@ -149,7 +145,7 @@ class SliceVolumes:
         for source in sources:
             rows = [(v, a, i) for v, vol in enumerate(source.volumes)
                     for a in source.spec.slice_axes
-                    for i in _valid_slices(vol.mask, a, min_brain_fraction)]
+                    for i in select_slices(vol.mask, vol.mask, a, min_brain_fraction)]
             for vol in source.volumes:
                 vol.prepare(source.spec.slice_axes)
             if not rows:

@@ -7,8 +7,9 @@ needs no scheduler object), mixed precision on CUDA, DistributedDataParallel und
 ``torchrun``, rank-0 logging (CSV, optional TensorBoard, progress bar) and checkpoints
 (``last.pt`` with optimizer state for exact resume, ``final.pt`` with weights only), an
 optional moving average of the weights (``optim.ema_decay``: ``final.pt`` and validation use it,
-``last.pt`` keeps both), a time budget that spans resumes, and periodic validation with the
-shared evaluation harness.
+``last.pt`` keeps both), a time budget that spans resumes, and periodic validation by a
+``validator(model, device) -> {"psnr", "ssim"}`` that the caller passes (training knows nothing
+of evaluation; ``mrisr train`` passes :func:`mrisr.evaluation.validation.slice_validator`).
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import io
 import math
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 from torch import nn
@@ -66,10 +67,16 @@ def _batch_to(batch: dict, device: torch.device) -> dict:
     return out
 
 
+#: ``validator(model, device) -> {"psnr": ..., "ssim": ...}``: periodic validation.
+Validator = Callable[[nn.Module, torch.device], dict]
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, task, model: nn.Module, device: torch.device,
-                 dist_info: DistInfo = DistInfo(), data_description: Optional[dict] = None):
+                 dist_info: DistInfo = DistInfo(), data_description: Optional[dict] = None,
+                 validator: Optional[Validator] = None):
         self.cfg = cfg
+        self.validator = validator
         self.task = task
         self.device = device
         self.dist = dist_info
@@ -228,7 +235,8 @@ class Trainer:
                 bar.update(1)
                 if self.step % cfg.run.checkpoint_every == 0:
                     self.save("last.pt")
-                if cfg.validation.every and self.step % cfg.validation.every == 0:
+                if self.validator is not None and cfg.validation.every and \
+                        self.step % cfg.validation.every == 0:
                     self.validate()
         finally:
             bar.close()
@@ -236,21 +244,12 @@ class Trainer:
         return self.save("final.pt", with_state=False)
 
     def validate(self) -> Optional[dict]:
-        """Mean PSNR/SSIM of the model on the validation evaluation (rank 0)."""
-        if not self.dist.is_main:
+        """The validator's mean PSNR/SSIM of the trained weights, appended to
+        ``validation.csv`` (rank 0; ``None`` elsewhere or without a validator)."""
+        if not self.dist.is_main or self.validator is None:
             return None
-        from mrisr.config import from_dict
-        from mrisr.evaluation.harness import EvaluateConfig, evaluate
-        from mrisr.inference.predict import ModelMethod
-
-        cfg = from_dict(EvaluateConfig, {"methods": [{"name": "cubic"}], "figure_scale": None,
-                                         **self.cfg.validation.evaluate}, source="validation")
-        method = ModelMethod(model=self.trained_model, device=str(self.device),
-                             input_kind=self.cfg.data.input)
-        result = evaluate(cfg, methods={"model": method}, show_progress=False)
-        summary = {"step": self.step,
-                   "psnr": sum(r["psnr"] for r in result.rows) / len(result.rows),
-                   "ssim": sum(r["ssim"] for r in result.rows) / len(result.rows)}
+        scores = self.validator(self.trained_model, self.device)
+        summary = {"step": self.step, "psnr": scores["psnr"], "ssim": scores["ssim"]}
         path = self.out_dir / "validation.csv"
         new = not path.exists()
         with path.open("a") as f:

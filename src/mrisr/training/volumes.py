@@ -39,50 +39,13 @@ import numpy as np
 import torch
 
 from mrisr.data.dwi import DwiSubject, attenuation_level, simulate_shells
+from mrisr.data.dwi_sources import load_dwi_subjects, split_slab  # noqa: F401  (their old home)
 from mrisr.data.intensity import robust_max
 from mrisr.degradation import spline_resize
 from mrisr.errors import InputError
 from mrisr.models.csr_dmri import PointQuery, grid_point_query
-from mrisr.training.config import DwiSourceConfig, TrainConfig
+from mrisr.training.config import TrainConfig
 from mrisr.training.losses import sr_loss
-
-
-def split_slab(shape, axis: int, fraction: float) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-    """``(train, held_out)`` index tuples of a 3D ``shape``: the last ``round(fraction * n)``
-    voxels along ``axis`` are held out. A contiguous slab, so that no training patch, whatever
-    its size, overlaps the test voxels."""
-    n = int(shape[axis])
-    n_hold = int(round(fraction * n))
-    train = [slice(0, int(m)) for m in shape[:3]]
-    held = list(train)
-    train[axis] = slice(0, n - n_hold)
-    held[axis] = slice(n - n_hold, n)
-    return tuple(train), tuple(held)
-
-
-def load_dwi_subjects(d: DwiSourceConfig, use_t1: bool = True, training: bool = True,
-                      t1_optional: bool = False) -> list[DwiSubject]:
-    """The subjects of a ``dmri`` config section, training or evaluation (the T1w only when
-    ``use_t1``): with ``dmri.holdout``, training loads every subject but the held-out one and an
-    evaluation (``training=False``) only that one. ``t1_optional``: a subject without a T1w
-    file is loaded without one instead of refused (models trained with ``t1_dropout``)."""
-    from mrisr.data.dwi import load_dwi_subject, phantom_dwi_subject
-
-    if d.kind == "phantom":
-        from mrisr.data.phantom import make_dwi_phantom
-        phantom = make_dwi_phantom(tuple(d.phantom_shape), tuple(d.phantom_voxel_size),
-                                   bvalue=d.bvalue, seed=d.phantom_seed, noise=d.phantom_noise)
-        return [phantom_dwi_subject(phantom, d.bvalue, d.tolerance,
-                                    name=f"phantom-seed{d.phantom_seed}")]
-    subjects = []
-    for files in d.selected_subjects(training):
-        if use_t1 and not files.t1 and not t1_optional:
-            raise InputError(f"{files.dwi}: the model uses a T1w image but dmri.subjects gives "
-                             "none for this series")
-        subjects.append(load_dwi_subject(files.dwi, files.t1 if use_t1 else None,
-                                         d.shell_bvalue, d.tolerance, d.register, files.bval,
-                                         files.bvec, name=files.label))
-    return subjects
 
 
 def pad_subject(subject: DwiSubject, pads: Sequence[int]) -> DwiSubject:

@@ -1,0 +1,149 @@
+"""Which model upscales an input: the defaults, the interpolation baselines, the names
+``mrisr upscale --model`` accepts, and the ``(model, description)`` pack the upscaling
+functions take.
+
+Importing this module needs no torch (names are checked before any work); loading a model
+does (:func:`load_upscale_model`, through :func:`mrisr.models.loading.load_model`).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import nibabel as nib
+import numpy as np
+
+from mrisr.errors import InputError
+
+__all__ = ["INTERPOLATION_MODELS", "VolumeInterpolation", "DEFAULT_DMRI_MODEL",
+           "DEFAULT_DMRI_MODEL_NO_T1", "default_model_name", "is_series_file",
+           "check_model_name", "load_upscale_model"]
+
+#: Interpolation baselines usable as ``--model`` (label of the evaluation methods -> kind of
+#: :func:`mrisr.degradation.interpolation.interpolate`).
+INTERPOLATION_MODELS = {"nearest": "nearest", "linear": "linear", "cubic": "cubic",
+                        "kspace_zerofill": "sinc"}
+
+#: Default model of a 4D (diffusion) series with a T1w reference, when its weights are shipped.
+DEFAULT_DMRI_MODEL = "csr_dmri_s"
+#: Default model of a 4D series without a T1w, when its weights are shipped and
+#: DEFAULT_DMRI_MODEL's were not trained with T1w dropout (otherwise the slice-wise 2D liif_s).
+DEFAULT_DMRI_MODEL_NO_T1 = "csr_dmri_s_m1"
+
+
+class VolumeInterpolation:
+    """An interpolation baseline as a model: the whole 3D volume interpolated onto the output
+    grid, exactly as the evaluation methods of the same names (magnitude, clipped at 0)."""
+
+    uses_reference = False
+
+    def __init__(self, name: str):
+        self.name = name
+        self.kind = INTERPOLATION_MODELS[name]
+
+    def __call__(self, volume: np.ndarray, out_shape: Sequence[int],
+                 out: Optional[np.ndarray] = None) -> np.ndarray:
+        from mrisr.data.intensity import to_magnitude
+        from mrisr.degradation.interpolation import interpolate
+
+        result = to_magnitude(interpolate(volume, tuple(out_shape), self.kind))
+        if out is None:
+            return result.astype(np.float32, copy=False)
+        out[...] = result
+        return out
+
+
+def _shipped_with_t1_dropout(name: str) -> bool:
+    """Whether the shipped weights of ``name`` were trained with T1w dropout (the training
+    config beside them says ``dmri.t1_dropout`` > 0), so that they also serve without a T1w."""
+    import yaml
+
+    from mrisr.models.registry import weights_path
+
+    try:
+        cfg = yaml.safe_load(weights_path(name).with_suffix(".yaml").read_text()) or {}
+        return float((cfg.get("dmri") or {}).get("t1_dropout") or 0.0) > 0
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, ValueError):
+        return False
+
+
+def default_model_name(has_reference: bool, series: bool = False) -> str:
+    """The model of ``mrisr upscale`` without ``--model``: for a 4D ``series``, the shipped 3D
+    diffusion model that fits (with or without a T1w reference), else ``dualarbnet_s`` with a
+    reference and ``liif_s`` without."""
+    from mrisr.models.registry import weights_path
+
+    if series and has_reference and weights_path(DEFAULT_DMRI_MODEL).exists():
+        return DEFAULT_DMRI_MODEL
+    if series and not has_reference:
+        if weights_path(DEFAULT_DMRI_MODEL).exists() and \
+                _shipped_with_t1_dropout(DEFAULT_DMRI_MODEL):
+            return DEFAULT_DMRI_MODEL
+        if weights_path(DEFAULT_DMRI_MODEL_NO_T1).exists():
+            return DEFAULT_DMRI_MODEL_NO_T1
+    return "dualarbnet_s" if has_reference else "liif_s"
+
+
+def is_series_file(path: str | os.PathLike) -> bool:
+    """Whether a NIfTI file holds a 4D series of several volumes (reads the header only;
+    ``False`` for unreadable files, which :func:`~mrisr.inference.upscale.upscale_file` then
+    reports)."""
+    try:
+        shape = nib.load(str(path)).shape
+    except Exception:  # nibabel raises many types for bad files; the real load reports them
+        return False
+    return len(shape) == 4 and shape[3] > 1
+
+
+def _not_found(name: str) -> InputError:
+    from mrisr.models.registry import list_models
+
+    return InputError(f"{name}: model not found (a preset with weights: "
+                      f"{', '.join(list_models(pretrained=True))}; an interpolation: "
+                      f"{', '.join(INTERPOLATION_MODELS)}; or a checkpoint path)")
+
+
+def check_model_name(name: Optional[str]) -> None:
+    """``--model`` before any work (and without torch): an interpolation, a preset with
+    shipped weights or an existing file; ``None`` (the default model) passes."""
+    from mrisr.models.registry import PRESETS, weights_path
+
+    if name is None or name in INTERPOLATION_MODELS:
+        return
+    if name in PRESETS:
+        if not weights_path(name).exists():
+            raise InputError(f"model '{name}' has no shipped weights; give a checkpoint path")
+        return
+    if not Path(name).is_file():
+        raise _not_found(name)
+
+
+def load_upscale_model(name: Optional[str], has_reference: bool, series: bool = False
+                       ) -> tuple:
+    """The ``(model, description)`` pack of :func:`~mrisr.inference.upscale.upscale`: an
+    interpolation baseline, or a preset with shipped weights or a checkpoint path resolved by
+    :func:`mrisr.models.loading.load_model`; the description is what the sidecar records.
+    Without ``name``, the default for the input (``series``: a 4D series)."""
+    from mrisr.models.loading import load_model
+    from mrisr.models.registry import PRESETS
+
+    name = name or default_model_name(has_reference, series)
+    if name in INTERPOLATION_MODELS:
+        return VolumeInterpolation(name), {"model": name, "architecture": "interpolation",
+                                           "code_version": None, "input": "magnitude",
+                                           "t1_registered_in_training": False}
+    if name not in PRESETS and not Path(name).exists():
+        raise _not_found(name)
+    loaded = load_model(name)
+    # A 3D model reads the T1w as placed in training: registered to the mean b=0 or not; one
+    # trained with T1w dropout also runs without it (a zero T1w, as in training).
+    dmri = loaded.train_config.get("dmri") or {}
+    registered = bool(dmri.get("register", False))
+    t1_dropout = float(dmri.get("t1_dropout", 0.0) or 0.0)
+    if loaded.uses_reference and not has_reference and not t1_dropout:
+        raise InputError(f"model '{name}' needs a reference image (--ref)")
+    return loaded.model, {"model": name, "architecture": loaded.metadata["model"],
+                          "code_version": loaded.metadata.get("code_version"),
+                          "input": loaded.input_kind, "t1_registered_in_training": registered,
+                          "t1_dropout": t1_dropout}
