@@ -260,3 +260,42 @@ def test_dataset_registers_a_reference_whose_header_is_off(tmp_path):
     # Through the headers the reference is 1.5 voxels off; registered it is back in place.
     assert error(False) > 0.1
     assert error(True) < 0.25 * error(False)
+
+
+def test_upscale_register_moves_a_misplaced_reference_back(tmp_path):
+    pytest.importorskip("dipy.align")
+    ph = make_brain_phantom(shape=(48, 56, 24), voxel_size=(2.0, 2.0, 2.0), seed=2, noise=0.0)
+    lr, lr_affine = degrade_volume(ph.t2w, ph.affine, (2, 2, 1))
+    save_nifti(lr, lr_affine, tmp_path / "lr.nii.gz")
+    wrong = ph.affine.copy()
+    wrong[1, 3] -= 4.0  # the T1's header puts it 4 mm too far posterior
+    save_nifti(ph.t1w, wrong, tmp_path / "t1.nii.gz")
+    torch.manual_seed(0)
+    ckpt = tmp_path / "m.pt"
+    save_checkpoint(ckpt, create_model("dualarbnet", **TINY))
+    common = dict(model=str(ckpt), scale=(2, 2, 1), consistency="none")
+    plain = upscale_file(tmp_path / "lr.nii.gz", tmp_path / "plain.nii.gz",
+                         tmp_path / "t1.nii.gz", **common)
+    registered = upscale_file(tmp_path / "lr.nii.gz", tmp_path / "reg.nii.gz",
+                              tmp_path / "t1.nii.gz", register=True, **common)
+    assert registered.shape == plain.shape == ph.t2w.shape
+    side = json.loads((tmp_path / "reg.json").read_text())["reference"]["registration"]
+    # The anatomy at world point p is found in the reference's header space at p - 4 mm (y);
+    # the input's 4 mm in-plane voxels leave a small spurious rotation.
+    assert abs(side["translation_mm"][1] + 4.0) < 0.6 and side["rotation_deg"] < 3.0
+    assert "registration" not in json.loads((tmp_path / "plain.json").read_text())["reference"]
+    assert not np.allclose(np.asarray(registered.dataobj), np.asarray(plain.dataobj))
+
+
+def test_default_model_follows_the_job():
+    from mrisr.inference.selection import default_model_name
+    from mrisr.inference.upscale import is_thick_slice
+    from mrisr.models.registry import weights_path
+
+    assert is_thick_slice((64, 64, 20), (64, 64, 100))
+    assert not is_thick_slice((32, 32, 20), (64, 64, 20))
+    assert not is_thick_slice((32, 32, 20), (64, 64, 30))  # 2x in-plane, 1.5x through-plane
+    assert default_model_name(True) == "dualarbnet_s"
+    assert default_model_name(False, thick=True) == "liif_s"
+    thick = "dualarbnet_robust" if weights_path("dualarbnet_robust").exists() else "dualarbnet_s"
+    assert default_model_name(True, thick=True) == thick

@@ -448,8 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(memory-mapped) instead of in memory")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
     p.add_argument("--register", action=argparse.BooleanOptionalAction, default=None,
-                   help="3D models: rigidly register --ref to the mean b=0 before placing it "
-                   "(needs dipy; default: as the model was trained)")
+                   help="rigidly register --ref (mutual information; needs dipy) to the input "
+                   "(2D models; for references from another series, whose headers may be off "
+                   "by a millimetre or more) or to the mean b=0 (3D models) before placing it "
+                   "(default: off for 2D models, as the model was trained for 3D ones)")
     p.add_argument("--consistency", default="auto",
                    choices=["auto", "none", "kspace", "slice_box", "slice_gaussian"],
                    help="project the output so that the input's acquisition model (k-space crop "

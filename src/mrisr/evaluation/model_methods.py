@@ -33,6 +33,8 @@ class ModelMethod(SRMethod):
     degraded scan are run, a copy of the model is fine-tuned on pairs made from them (0: off).
     consistency: data-consistency projection of each output with its input
     (:func:`mrisr.degradation.consistency.project`; ``none`` leaves outputs as the model gives).
+    register: 3D cases: the reference is registered to the input as by ``mrisr upscale
+    --register`` (slices: see ``dataset.register_reference``).
     2D cases run through :func:`~mrisr.inference.predict.predict_slice`; 3D cases (``mode:
     volume``) through :func:`mrisr.inference.upscale.upscale`, exactly as ``mrisr upscale``
     runs a NIfTI volume.
@@ -40,7 +42,7 @@ class ModelMethod(SRMethod):
 
     def __init__(self, model: Union[str, nn.Module] = "dualarbnet_s", device: str = "auto",
                  input_kind: Optional[str] = None, threads: Optional[int] = None,
-                 adapt: int = 0, consistency: str = "none"):
+                 adapt: int = 0, consistency: str = "none", register: bool = False):
         if threads:
             torch.set_num_threads(threads)
         self.device = select_device(device)
@@ -51,6 +53,7 @@ class ModelMethod(SRMethod):
         self.uses_reference = self.model.uses_reference
         self.adapt = int(adapt)
         self.consistency = consistency
+        self.register = bool(register)
         self.active = self.model
         self.adapt_log: list[dict] = []
 
@@ -94,7 +97,8 @@ class ModelMethod(SRMethod):
         desc = {"model": "evaluated", "input": self.input_kind}
         result = upscale(volume(case.lr, "input"), ref, shape=tuple(case.out_shape),
                          loaded_model=(self.model, desc), device=str(self.device),
-                         consistency=self.consistency, adapt=self.adapt)
+                         consistency=self.consistency, adapt=self.adapt,
+                         register=self.register)
         if "adapt" in result.info:
             self.adapt_log.append(result.info["adapt"])
         return result.data

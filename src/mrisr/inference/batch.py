@@ -6,7 +6,8 @@ jobs (a folder's NIfTI files, or the lines of a list file), that no two outputs 
 share a name and that no output is an input, the model's name, each output and the headers of
 the inputs (:class:`UpscaleBatch`). Then each job runs through
 :func:`~mrisr.inference.upscale.upscale_file` (:meth:`UpscaleBatch.run`), one model loaded
-per kind of input (with or without a reference, 3D volume or 4D series) and reused. In a
+per kind of input (with or without a reference, 3D volume or 4D series, thick slices or
+not) and reused. In a
 batch a failed input is reported and the others go on (unless ``fail_fast``); a single file
 raises. :func:`upscale_batch` does both steps.
 
@@ -212,8 +213,10 @@ class UpscaleBatch:
         """
         import torch
 
+        import nibabel as nib
+
         from mrisr.inference.selection import load_upscale_model
-        from mrisr.inference.upscale import upscale_file
+        from mrisr.inference.upscale import is_thick_slice, output_grid, upscale_file
         from mrisr.inference.volume3d import DEFAULT_ADAPT_STEPS_3D, is_volume_model
         from mrisr.training.adapt import DEFAULT_ADAPT_STEPS
 
@@ -223,9 +226,14 @@ class UpscaleBatch:
         models: dict = {}  # one model per kind of input, reused by every job of that kind
         for job in self.jobs:
             try:
-                # The default model depends on the reference and on whether the input is a
-                # series.
-                key = (job.reference is not None, is_series_file(job.target))
+                # The default model depends on the reference, on whether the input is a
+                # series and on whether the job upscales thick slices.
+                header = nib.load(str(job.target))
+                out_shape, _ = output_grid(header.shape[:3], header.affine,
+                                           options.get("scale"), options.get("voxel_size"),
+                                           options.get("shape"))
+                key = (job.reference is not None, is_series_file(job.target),
+                       is_thick_slice(header.shape[:3], out_shape))
                 if key not in models:
                     models[key] = load_upscale_model(self.model, *key)
                 if on_job is not None:

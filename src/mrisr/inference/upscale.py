@@ -60,7 +60,7 @@ from mrisr.models.base import SRModel
 __all__ = ["PLANES", "DEFAULT_TILE", "DEFAULT_SLICE_BATCH", "DEFAULT_CONSISTENCY", "output_grid",
            "choose_slice_axis", "reference_grid", "estimate_bytes", "available_memory",
            "check_resources", "SliceUpscaler", "check_consistency", "apply_consistency",
-           "upscale", "check_adaptable", "adapt_to_input", "consistency_not_applied",
+           "upscale", "is_thick_slice", "register_reference", "check_adaptable", "adapt_to_input", "consistency_not_applied",
            "sidecar_path", "upscale_file", "UpscaleResult", "grid_info", "load_model",
            # the model choice (mrisr.inference.selection), where older code finds it
            "DEFAULT_DMRI_MODEL", "DEFAULT_DMRI_MODEL_NO_T1", "INTERPOLATION_MODELS",
@@ -269,12 +269,38 @@ def apply_consistency(data: np.ndarray, lr: np.ndarray, model: str) -> dict:
     return report
 
 
+def is_thick_slice(in_shape: Sequence[int], out_shape: Sequence[int]) -> bool:
+    """Whether upscaling ``in_shape`` to ``out_shape`` is a thick-slice job: one axis upscaled
+    >= 2x and >= 1.5x more than every other (:func:`mrisr.degradation.consistency.thick_axis`,
+    the rule of the ``auto`` projection)."""
+    from mrisr.degradation.consistency import thick_axis
+
+    return thick_axis([o / i for i, o in zip(in_shape, out_shape)]) is not None
+
+
+def register_reference(reference: Volume, static: np.ndarray, static_affine: np.ndarray
+                       ) -> tuple[Volume, dict]:
+    """``reference`` with its affine corrected by a rigid mutual-information registration to
+    ``static`` (the input on its grid ``static_affine``; :func:`mrisr.data.dwi.register_rigid`),
+    and a description of the correction: the rigid map from the input's world to the place the
+    reference's header gives the same anatomy (``translation_mm``, ``rotation_deg``)."""
+    from mrisr.data.dwi import register_rigid
+
+    transform = register_rigid(reference, np.abs(static).astype(np.float32), static_affine)
+    # Reading the reference at transform @ p is reading it through inv(T) @ its affine.
+    moved = Volume(reference.data, np.linalg.solve(transform, reference.affine),
+                   reference.header, reference.path)
+    cos = float(np.clip((np.trace(transform[:3, :3]) - 1) / 2, -1.0, 1.0))
+    return moved, {"translation_mm": [round(float(t), 3) for t in transform[:3, 3]],
+                   "rotation_deg": round(float(np.degrees(np.arccos(cos))), 3)}
+
+
 def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, voxel_size=None,
             shape=None, model: Optional[str] = None, device: str = "auto",
             plane: Optional[str] = None, tile: Optional[int] = DEFAULT_TILE, amp: bool = False,
             out: Optional[np.ndarray] = None, progress: Optional[Callable[[int], None]] = None,
             loaded_model=None, consistency: str = DEFAULT_CONSISTENCY,
-            adapt: int = 0) -> UpscaleResult:
+            adapt: int = 0, register: Optional[bool] = None) -> UpscaleResult:
     """Super-resolve a 3D :class:`Volume` (see the module docstring for the conventions).
 
     ``consistency``: the data-consistency projection applied to the whole output of a 2D
@@ -286,6 +312,11 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
     ``adapt``: fine-tune a copy of a 2D model for that many steps on pairs made from the input
     itself before upscaling (:mod:`mrisr.training.adapt`); the adapted model is returned in
     ``adapted_model`` and described in ``info["adapt"]``.
+
+    ``register``: refine the header alignment of ``reference`` with a rigid mutual-information
+    registration to the input (:func:`register_reference`, needs dipy) before it is resampled;
+    ``None``: off for 2D models, as the model was trained for 3D ones. Recorded in
+    ``info["reference"]["registration"]``.
     """
     from mrisr.devices import select_device
     from mrisr.resample import resample_to_grid
@@ -297,7 +328,8 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
                                         shape)
     zooms = voxel_sizes(target.affine)
     axis = choose_slice_axis(target.spatial_shape, out_shape, zooms, plane)
-    net, desc = loaded_model or load_upscale_model(model, reference is not None)
+    net, desc = loaded_model or load_upscale_model(
+        model, reference is not None, thick=is_thick_slice(target.spatial_shape, out_shape))
     check_adaptable(net, adapt)
     # -- interpolation baselines: the whole volume onto the output grid ---------------------
     if isinstance(net, VolumeInterpolation):
@@ -313,7 +345,7 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
     # -- 3D models: the whole volume at once (mrisr.inference.volume3d) ---------------------
     if is_volume_model(net):
         runner = SeriesUpscaler3D(target, reference, (net, desc), out_shape, out_affine,
-                                  device=device, amp=amp)
+                                  device=device, amp=amp, register=register)
         if adapt:
             runner.adapt(adapt, progress)
         result = runner.upscale(0, out, progress)
@@ -328,6 +360,10 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
             "slice_axis": axis}
     ref_grid = None
     if reference is not None and upscaler.uses_reference:
+        registration = None
+        if register:
+            reference, registration = register_reference(reference, target.data,
+                                                         target.affine)
         ref_shape, ref_affine = reference_grid(target, reference, axis)
         ref_grid, inside = resample_to_grid(reference.data, reference.affine, ref_affine,
                                             ref_shape, name=str(reference.path))
@@ -336,6 +372,8 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
                              "voxel_size": [float(z) for z in voxel_sizes(ref_affine)],
                              "covered_fraction": float(inside.mean()),
                              "slices_without_reference": int((~covered).sum())}
+        if registration is not None:
+            info["reference"]["registration"] = registration
     adapted = None
     if adapt:
         adapted, info["adapt"] = adapt_to_input(net, desc, target, ref_grid, out_shape, axis,
@@ -443,9 +481,10 @@ def _upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
                                         options.get("voxel_size"), options.get("shape"))
     check_resources(out, out_shape, n_vol, memmap)
     options = dict(options)
-    register = options.pop("register", None)  # 3D models only: the 2D path has no T1w-b=0 pair
+    register = options.pop("register", None)
     model_pack = loaded_model or load_upscale_model(options.pop("model", None),
-                                                    reference is not None, series)
+                                                    reference is not None, series,
+                                                    thick=is_thick_slice(shape3, out_shape))
     check_adaptable(model_pack[0], options.get("adapt", 0))
     if reference is not None and isinstance(model_pack[0], VolumeInterpolation):
         warnings.warn(MrisrWarning(f"{reference_path}: not used by the interpolation baseline "
@@ -465,6 +504,11 @@ def _upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
             on_start(n_vol * series3d.units_per_volume + options["adapt"])
             on_start = None
         series3d.adapt(options["adapt"], progress)
+    registration = None
+    if register and series3d is None and reference is not None and model_pack[0].uses_reference:
+        # 2D models: the reference is registered once, to the mean of the series' volumes.
+        static = target.data.mean(axis=3) if series else target.data
+        reference, registration = register_reference(reference, static, target.affine)
     if on_start and series3d is not None:
         on_start(n_vol * series3d.units_per_volume)
     elif on_start:
@@ -500,6 +544,8 @@ def _upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
                 "volumes": n_vol}
         if adapt_info is not None:
             info["adapt"] = adapt_info
+        if registration is not None and "reference" in info:
+            info["reference"]["registration"] = registration
         if series3d is not None:
             info["consistency"] = consistency_not_applied(
                 options.get("consistency", DEFAULT_CONSISTENCY))

@@ -37,7 +37,7 @@ for preset in (
 for preset in (
     Preset("dualarbnet_robust", "dualarbnet", _COMPACT_DUALARBNET,
            "dualarbnet_s fine-tuned on several sources with domain randomisation and random "
-           "acquisitions (thick slices too)"),
+           "acquisitions; the default for thick slices with a reference"),
     Preset("liif_robust", "liif", {**_COMPACT_ENCODER, "hidden": [96, 96, 96, 96]},
            "liif_s trained from scratch like the first dualarbnet_robust attempt (not "
            "shipped: below liif_s on k-space-cropped inputs)"),
