@@ -6,9 +6,11 @@ the low-resolution input (docs/BENCHMARKS.md, "Scans unlike the training data").
 
 For two subjects (ixi002: T1 and T2 from separate series of one session; a brats18 test
 patient: contrasts already co-registered and resampled onto one grid) the T1 is rigidly
-registered (:func:`mrisr.inference.upscale.register_reference`, mutual information) to the T2
-at full resolution and to the T2 degraded in-plane by the k-space crop at x2, x4 and x8, as
-`mrisr upscale --register` registers it to its input. Printed per case: the correction
+registered (:func:`mrisr.data.dwi.register_rigid`, mutual information) to the T2 at full
+resolution, to the T2 degraded in-plane by the k-space crop at x2, x4 and x8, and to the T2
+averaged into 5 mm slices, in two ways: ``acquired`` (the T1 averaged over the input's voxels
+first, as `mrisr upscale --register` does) and ``isotropic`` (an isotropic copy of the T1 at
+about the input's resolution, as the diffusion path does). Printed per case: the correction
 (translation in mm, rotation in degrees), the largest displacement it causes over a box of
 +-60 x +-70 x +-40 mm around the image centre (how far it moves the anatomy), and the largest
 displacement between it and the full-resolution correction (how far the LR estimate is off).
@@ -31,6 +33,15 @@ def box_points(affine: np.ndarray, shape) -> np.ndarray:
 
 def max_displacement(a: np.ndarray, b: np.ndarray, pts: np.ndarray) -> float:
     return float(np.abs((a - b) @ pts)[:3].max())
+
+
+def report(label: str, name: str, transform: np.ndarray, full: np.ndarray, pts: np.ndarray,
+           seconds: float) -> None:
+    cos = np.clip((np.trace(transform[:3, :3]) - 1) / 2, -1.0, 1.0)
+    print(f"| {label} | {name} | {np.round(transform[:3, 3], 2).tolist()} | "
+          f"{np.degrees(np.arccos(cos)):.2f} | "
+          f"{max_displacement(transform, np.eye(4), pts):.2f} | "
+          f"{max_displacement(transform, full, pts):.2f} | {seconds:.1f} |", flush=True)
 
 
 def main() -> None:
@@ -62,23 +73,28 @@ def main() -> None:
             continue
         t2, t1 = load_nifti(t2_path), load_nifti(t1_path)
         pts = box_points(t2.affine, t2.data.shape)
-        full = None
-        for scale in (1, 2, 4, 8):
-            if scale == 1:
+        full = {}
+        for scale, kind in ((1, None), (2, "kspace"), (4, "kspace"), (8, "kspace"),
+                            ((1, 1, 5), "thick_slice")):
+            if kind is None:
                 data, affine = t2.data, t2.affine
-            else:
+                name = "full resolution"
+            elif kind == "kspace":
                 data, affine = degrade_volume(t2.data.astype(np.float32), t2.affine,
-                                              (scale, scale, 1), kind="kspace")
-            t0 = time.perf_counter()
-            transform = register_rigid(t1, np.abs(data).astype(np.float32), affine)
-            seconds = time.perf_counter() - t0
-            full = transform if full is None else full
-            cos = np.clip((np.trace(transform[:3, :3]) - 1) / 2, -1.0, 1.0)
-            name = "full resolution" if scale == 1 else f"x{scale} in-plane"
-            print(f"| {label} | {name} | {np.round(transform[:3, 3], 2).tolist()} | "
-                  f"{np.degrees(np.arccos(cos)):.2f} | "
-                  f"{max_displacement(transform, np.eye(4), pts):.2f} | "
-                  f"{max_displacement(transform, full, pts):.2f} | {seconds:.1f} |", flush=True)
+                                              (scale, scale, 1), kind=kind)
+                name = f"x{scale} in-plane"
+            else:
+                data, affine = degrade_volume(t2.data.astype(np.float32), t2.affine, scale,
+                                              kind=kind)
+                name = "5 mm slices"
+            for matched in (True, False):
+                t0 = time.perf_counter()
+                transform = register_rigid(t1, np.abs(data).astype(np.float32), affine,
+                                           match_acquisition=matched)
+                seconds = time.perf_counter() - t0
+                full.setdefault(matched, transform)
+                report(label, f"{name}, {'acquired' if matched else 'isotropic'}", transform,
+                       full[matched], pts, seconds)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from mrisr.degradation.kspace import centered_fft, kspace_resize
 from mrisr.errors import InputError
 from mrisr.inference.upscale import upscale, upscale_file
 from mrisr.io import load_nifti, save_nifti
+from mrisr.io.nifti import Volume
 from mrisr.models import create_model
 from mrisr.models.checkpoint import save_checkpoint
 from mrisr.training.adapt import adapt_config, adapt_model, pair_setup
@@ -299,3 +300,14 @@ def test_default_model_follows_the_job():
     assert default_model_name(False, thick=True) == "liif_s"
     thick = "dualarbnet_robust" if weights_path("dualarbnet_robust").exists() else "dualarbnet_s"
     assert default_model_name(True, thick=True) == thick
+
+
+def test_acquire_like_averages_the_moving_image_over_each_static_voxel():
+    from mrisr.data.dwi import acquire_like
+    from mrisr.grid import resample_affine
+
+    data = np.random.default_rng(3).random((8, 6, 20)).astype(np.float32)
+    thick_affine = resample_affine(np.eye(4), data.shape, (8, 6, 4))  # 5 mm slices, one FOV
+    moving = Volume(data, np.eye(4), None, "t1")
+    np.testing.assert_allclose(acquire_like(moving, (8, 6, 4), thick_affine),
+                               data.reshape(8, 6, 4, 5).mean(axis=-1), atol=1e-5)

@@ -97,7 +97,8 @@ def load_subject(subject: Subject, use_reference: bool = True,
             from mrisr.data.dwi import register_rigid
 
             # Reading the reference at transform @ p is reading it through inv(T) @ affine.
-            transform = register_rigid(ref_vol, target.data, target.affine)
+            transform = register_rigid(ref_vol, target.data, target.affine,
+                                       match_acquisition=True)
             ref_affine = np.linalg.solve(transform, ref_affine)
         same_grid = ref_vol.data.shape == target.data.shape and \
             np.allclose(ref_affine, target.affine, atol=1e-4)

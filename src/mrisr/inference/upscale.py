@@ -286,7 +286,8 @@ def register_reference(reference: Volume, static: np.ndarray, static_affine: np.
     reference's header gives the same anatomy (``translation_mm``, ``rotation_deg``)."""
     from mrisr.data.dwi import register_rigid
 
-    transform = register_rigid(reference, np.abs(static).astype(np.float32), static_affine)
+    transform = register_rigid(reference, np.abs(static).astype(np.float32), static_affine,
+                               match_acquisition=True)
     # Reading the reference at transform @ p is reading it through inv(T) @ its affine.
     moved = Volume(reference.data, np.linalg.solve(transform, reference.affine),
                    reference.header, reference.path)
