@@ -12,6 +12,8 @@ Inference knows nothing of evaluation (the evaluation methods that wrap these fu
 :mod:`mrisr.evaluation.model_methods`). Importing this package needs no torch: the batch API
 checks its inputs first; the torch-backed names below are imported on first use.
 """
+import importlib
+
 from mrisr.inference.batch import BatchSummary, UpscaleBatch, UpscaleJob, upscale_batch
 
 _LAZY = {"full_grid_query": "predict", "predict_slice": "predict", "predict_slices": "predict",
@@ -21,13 +23,9 @@ _LAZY = {"full_grid_query": "predict", "predict_slice": "predict", "predict_slic
 def __getattr__(name: str):
     """The torch-backed names of ``__all__`` (not the submodules), imported when asked for."""
     module = _LAZY.get(name)
-    if module == "predict":
-        from mrisr.inference import predict as found
-    elif module == "volume3d":
-        from mrisr.inference import volume3d as found
-    else:
-        raise AttributeError(f"module 'mrisr.inference' has no attribute '{name}'")
-    return getattr(found, name)
+    if module is None:
+        raise AttributeError(f"module '{__name__}' has no attribute '{name}'")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
 __all__ = ["BatchSummary", "UpscaleBatch", "UpscaleJob", "upscale_batch", "full_grid_query",

@@ -60,8 +60,8 @@ from mrisr.models.base import SRModel
 __all__ = ["PLANES", "DEFAULT_TILE", "DEFAULT_SLICE_BATCH", "DEFAULT_CONSISTENCY", "output_grid",
            "choose_slice_axis", "reference_grid", "estimate_bytes", "available_memory",
            "check_resources", "SliceUpscaler", "check_consistency", "apply_consistency",
-           "upscale", "is_thick_slice", "register_reference", "check_adaptable", "adapt_to_input", "consistency_not_applied",
-           "sidecar_path", "upscale_file", "UpscaleResult", "grid_info", "load_model",
+           "upscale", "is_thick_slice", "register_reference", "check_adaptable",
+           "adapt_to_input", "consistency_not_applied", "sidecar_path", "upscale_file", "UpscaleResult", "grid_info", "load_model",
            # the model choice (mrisr.inference.selection), where older code finds it
            "DEFAULT_DMRI_MODEL", "DEFAULT_DMRI_MODEL_NO_T1", "INTERPOLATION_MODELS",
            "VolumeInterpolation", "default_model_name", "is_series_file", "load_upscale_model"]

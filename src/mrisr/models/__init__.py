@@ -5,6 +5,8 @@ Importing this package registers the presets and needs no torch (``mrisr models`
 at once); the model classes and the loaders (:mod:`mrisr.models.loading`, which registers the
 architectures) are imported on first use of their names here.
 """
+import importlib
+
 from mrisr.models import presets as _presets  # noqa: F401  (registers the presets)
 from mrisr.models.registry import (ARCHITECTURES, PRESETS, Preset, list_models,
                                    register_architecture, register_preset, weights_path)
@@ -22,23 +24,9 @@ _LAZY = {
 def __getattr__(name: str):
     """The torch-backed names of ``__all__``, imported when first asked for."""
     module = _LAZY.get(name)
-    if module == "base":
-        from mrisr.models import base as found
-    elif module == "loading":
-        from mrisr.models import loading as found
-    elif module == "checkpoint":
-        from mrisr.models import checkpoint as found
-    elif module == "dual_arbnet":
-        from mrisr.models import dual_arbnet as found
-    elif module == "liif":
-        from mrisr.models import liif as found
-    elif module == "rdn":
-        from mrisr.models import rdn as found
-    elif module == "csr_dmri":
-        from mrisr.models import csr_dmri as found
-    else:
-        raise AttributeError(f"module 'mrisr.models' has no attribute '{name}'")
-    return getattr(found, name)
+    if module is None:
+        raise AttributeError(f"module '{__name__}' has no attribute '{name}'")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
 __all__ = ["ARCHITECTURES", "PRESETS", "Preset", "list_models", "register_architecture",
