@@ -2,6 +2,7 @@
 """The cross-dataset evaluation of docs/BENCHMARKS.md ("Scans unlike the training data").
 
     python benchmarks/cross_dataset.py run [--group shipped|robust|all] [--sets ...]
+    python benchmarks/cross_dataset.py run --group volume   # mrisr upscale's defaults
     python benchmarks/cross_dataset.py table            # Markdown from results/cross/
 
 ``run`` evaluates the methods of a group on the test sets of ``configs/cross/`` (in-plane sets
@@ -10,7 +11,9 @@ with the k-space crop and with the Gaussian PSF; ``thick`` with box slice profil
 result to ``results/cross/<set>-<degradation>-<group>/``. The groups can run at different
 times (e.g. the baselines while the new models train); ``table`` joins them: one table per
 degradation, rows = methods, columns = test set x scale (PSNR / SSIM), then the default model's
-gain over zero-filled k-space and over cubic interpolation.
+gain over zero-filled k-space and over cubic interpolation. The ``volume`` group runs the
+``*_volume`` configs as they are: whole volumes through ``mrisr upscale``'s function with its
+default registration and adaptation (``configs/cross/volume_base.yaml``).
 """
 from __future__ import annotations
 
@@ -25,11 +28,15 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results" / "cross"
 INPLANE_SETS = ("brats", "ixi", "ixi_registered", "head", "phantom")
+VOLUME_SETS = ("brats_volume", "ixi_volume", "head_volume", "phantom_volume")
+DEFAULT_ROW = "mrisr upscale default (dualarbnet_s, registration auto, adapt auto)"
+HEADERS_ROW = "Dual-ArbNet (dualarbnet_s) + projection, headers"
 DEGRADATIONS = ("kspace", "gaussian")
 #: Rows whose gains over zero-filled k-space and cubic interpolation are tabulated.
 GAIN_ROWS = ("Dual-ArbNet (dualarbnet_s) + projection", "LIIF (liif_s) + projection",
              "Dual-ArbNet (dualarbnet_s) + projection + adapt 40",
-             "Dual-ArbNet robust + projection", "Dual-ArbNet robust + projection + adapt 40")
+             "Dual-ArbNet robust + projection", "Dual-ArbNet robust + projection + adapt 40",
+             HEADERS_ROW, DEFAULT_ROW)
 ADAPT_STEPS = 40
 #: Row order of the joined tables (methods not listed come last).
 ROW_ORDER = ("cubic", "kspace_zerofill", "LIIF (liif_s)", "LIIF (liif_s) + projection",
@@ -81,6 +88,15 @@ def run(group: str, sets: list[str], threads: int) -> None:
     from mrisr.evaluation.report import write_report
 
     torch.set_num_threads(threads)
+    if group == "volume":
+        for name in sets:
+            cfg = from_dict(EvaluateConfig, load_yaml(REPO / "configs" / "cross" /
+                                                      f"{name}.yaml"), source=f"{name}.yaml")
+            out = RESULTS / f"{name}-kspace-volume"
+            print(f"== {name} -> {out}", flush=True)
+            write_report(evaluate(cfg, show_progress=False), out)
+            print((out / "table.md").read_text(), flush=True)
+        return
     for name, degradation in jobs(sets):
         data = load_yaml(REPO / "configs" / "cross" / f"{name}.yaml")
         data["degradation"] = degradation
@@ -113,7 +129,7 @@ def _means(rows: list[dict]) -> dict:
 def table() -> str:
     blocks = []
     for degradation, sets in (("kspace", INPLANE_SETS), ("gaussian", INPLANE_SETS),
-                              ("thick_slice", ("thick",))):
+                              ("thick_slice", ("thick",)), ("kspace", VOLUME_SETS)):
         cols, means, order = [], {}, []
         for name in sets:
             rows = _read(name, degradation)
@@ -128,8 +144,9 @@ def table() -> str:
         order.sort(key=lambda m: (ROW_ORDER.index(m) if m in ROW_ORDER else len(ROW_ORDER)))
         head = "| method | " + " | ".join(f"{n} x{s}" for n, s in cols) + " |"
         rule = "|---|" + "---|" * len(cols)
-        lines = [f"**{degradation}: PSNR (dB)**", "", head, rule]
-        ssim = ["", f"**{degradation}: SSIM**", "", head, rule]
+        kind = degradation + (", whole volumes" if sets == VOLUME_SETS else "")
+        lines = [f"**{kind}: PSNR (dB)**", "", head, rule]
+        ssim = ["", f"**{kind}: SSIM**", "", head, rule]
         for m in order:
             cells = [means[n].get(m, {}).get(s) for n, s in cols]
             lines.append(f"| {m} | " + " | ".join(
@@ -153,13 +170,14 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run")
-    p.add_argument("--group", default="all", choices=["shipped", "robust", "all"])
-    p.add_argument("--sets", default=",".join(INPLANE_SETS + ("thick",)))
+    p.add_argument("--group", default="all", choices=["shipped", "robust", "all", "volume"])
+    p.add_argument("--sets", help="comma-separated (default: every set of the group)")
     p.add_argument("--threads", type=int, default=2)
     sub.add_parser("table")
     args = parser.parse_args(argv)
     if args.command == "run":
-        run(args.group, args.sets.split(","), args.threads)
+        default = VOLUME_SETS if args.group == "volume" else INPLANE_SETS + ("thick",)
+        run(args.group, args.sets.split(",") if args.sets else list(default), args.threads)
     else:
         print(table())
     return 0

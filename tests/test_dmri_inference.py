@@ -263,20 +263,34 @@ def test_3d_model_on_a_single_volume_and_missing_reference(dwi_files):
         SeriesUpscaler3D(vol, None, pack, (24, 28, 20), f["phantom"].affine)
 
 
-def test_default_model_of_a_series_with_reference(dwi_files, tmp_path, monkeypatch):
+def test_default_model_of_a_series_with_reference(dwi_files, tmp_path, monkeypatch, capsys):
+    from mrisr.inference import selection
     from mrisr.models import registry
     default = up.DEFAULT_DMRI_MODEL
     monkeypatch.setattr(registry, "weights_path", lambda name: dwi_files["model"]
                         if name == default else tmp_path / "absent.pt")
-    assert up.default_model_name(True, series=True) == default
-    assert up.default_model_name(True) == "dualarbnet_s"
-    assert up.default_model_name(False, series=True) == "liif_s"
     root = dwi_files["root"]
     assert up.is_series_file(root / "dwi.nii.gz") and not up.is_series_file(root / "t1.nii.gz")
-    code = main(["upscale", str(root / "dwi.nii.gz"), "--ref", str(root / "t1.nii.gz"),
-                 "--scale", "2", "-o", str(tmp_path / "sr.nii.gz"), "--device", "cpu", "-q"])
-    assert code == 0
-    assert json.loads((tmp_path / "sr.json").read_text())["model"] == default
+
+    def run(name):
+        code = main(["upscale", str(root / "dwi.nii.gz"), "--ref", str(root / "t1.nii.gz"),
+                     "--scale", "2", "-o", str(tmp_path / f"{name}.nii.gz"), "--device", "cpu",
+                     "-q"])
+        assert code == 0
+        return json.loads((tmp_path / f"{name}.json").read_text())
+
+    # Shipped weights that did not beat cubic on other scanners are no series default ...
+    assert up.default_model_name(True, series=True) == selection.SERIES_FALLBACK == "cubic"
+    assert up.default_model_name(False, series=True) == "cubic"
+    side = run("fallback")
+    assert side["model"] == "cubic" and "no shipped model beats it" in side["note"]
+    assert "no shipped model beats it" in capsys.readouterr().err
+    # ... ones that did are.
+    monkeypatch.setattr(selection, "DMRI_MODELS_ABOVE_CUBIC", (default,))
+    assert up.default_model_name(True, series=True) == default
+    assert up.default_model_name(True) == "dualarbnet_s"
+    assert up.default_model_name(False, series=True) == "cubic"  # trained without T1w dropout
+    assert run("model")["model"] == default
 
 
 # -- evaluation -------------------------------------------------------------------------------

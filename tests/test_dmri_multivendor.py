@@ -439,10 +439,14 @@ def test_series_default_without_t1w_follows_the_shipped_weights(tmp_path, monkey
     from mrisr.inference import upscale as up
     from mrisr.models import registry
 
+    from mrisr.inference import selection
+
     shipped = {}
     monkeypatch.setattr(registry, "weights_path",
                         lambda name: shipped.get(name, tmp_path / "absent.pt"))
-    assert up.default_model_name(False, series=True) == "liif_s"
+    monkeypatch.setattr(selection, "DMRI_MODELS_ABOVE_CUBIC",
+                        (up.DEFAULT_DMRI_MODEL, up.DEFAULT_DMRI_MODEL_NO_T1))
+    assert up.default_model_name(False, series=True) == "cubic"
     (tmp_path / "m1.pt").write_bytes(b"")
     shipped[up.DEFAULT_DMRI_MODEL_NO_T1] = tmp_path / "m1.pt"
     assert up.default_model_name(False, series=True) == up.DEFAULT_DMRI_MODEL_NO_T1

@@ -263,29 +263,75 @@ def test_dataset_registers_a_reference_whose_header_is_off(tmp_path):
     assert error(True) < 0.25 * error(False)
 
 
-def test_upscale_register_moves_a_misplaced_reference_back(tmp_path):
+@pytest.fixture(scope="module")
+def misplaced_reference(tmp_path_factory):
+    """An x2 in-plane input, its T1 with a header 4 mm (two T1 voxels) off, the same T1 with the
+    right header, and a tiny dualarbnet checkpoint."""
     pytest.importorskip("dipy.align")
+    tmp_path = tmp_path_factory.mktemp("register")
     ph = make_brain_phantom(shape=(48, 56, 24), voxel_size=(2.0, 2.0, 2.0), seed=2, noise=0.0)
     lr, lr_affine = degrade_volume(ph.t2w, ph.affine, (2, 2, 1))
     save_nifti(lr, lr_affine, tmp_path / "lr.nii.gz")
     wrong = ph.affine.copy()
     wrong[1, 3] -= 4.0  # the T1's header puts it 4 mm too far posterior
     save_nifti(ph.t1w, wrong, tmp_path / "t1.nii.gz")
+    save_nifti(ph.t1w, ph.affine, tmp_path / "t1_aligned.nii.gz")
     torch.manual_seed(0)
-    ckpt = tmp_path / "m.pt"
-    save_checkpoint(ckpt, create_model("dualarbnet", **TINY))
-    common = dict(model=str(ckpt), scale=(2, 2, 1), consistency="none")
-    plain = upscale_file(tmp_path / "lr.nii.gz", tmp_path / "plain.nii.gz",
-                         tmp_path / "t1.nii.gz", **common)
-    registered = upscale_file(tmp_path / "lr.nii.gz", tmp_path / "reg.nii.gz",
-                              tmp_path / "t1.nii.gz", register=True, **common)
+    save_checkpoint(tmp_path / "m.pt", create_model("dualarbnet", **TINY))
+    return tmp_path, ph
+
+
+def _upscale_with(folder, name, reference, **kw):
+    image = upscale_file(folder / "lr.nii.gz", folder / f"{name}.nii.gz", folder / reference,
+                         model=str(folder / "m.pt"), scale=(2, 2, 1), consistency="none", **kw)
+    return image, json.loads((folder / f"{name}.json").read_text())["reference"]
+
+
+def test_upscale_register_moves_a_misplaced_reference_back(misplaced_reference):
+    folder, ph = misplaced_reference
+    plain, plain_side = _upscale_with(folder, "plain", "t1.nii.gz", register=False)
+    registered, side = _upscale_with(folder, "reg", "t1.nii.gz", register=True)
     assert registered.shape == plain.shape == ph.t2w.shape
-    side = json.loads((tmp_path / "reg.json").read_text())["reference"]["registration"]
+    reg = side["registration"]
     # The anatomy at world point p is found in the reference's header space at p - 4 mm (y);
     # the input's 4 mm in-plane voxels leave a small spurious rotation.
-    assert abs(side["translation_mm"][1] + 4.0) < 0.6 and side["rotation_deg"] < 3.0
-    assert "registration" not in json.loads((tmp_path / "plain.json").read_text())["reference"]
+    assert abs(reg["translation_mm"][1] + 4.0) < 0.6 and reg["rotation_deg"] < 3.0
+    assert reg["applied"] and reg["mode"] == "on"
+    assert "registration" not in plain_side
     assert not np.allclose(np.asarray(registered.dataobj), np.asarray(plain.dataobj))
+
+
+def test_default_registration_corrects_only_more_than_a_reference_voxel(misplaced_reference):
+    """``auto`` (the default): 4 mm off with 2 mm reference voxels is corrected, exactly as
+    ``--register``; a reference whose header is right is left where the header puts it, with
+    the output of ``--no-register``."""
+    folder, _ = misplaced_reference
+    forced, _ = _upscale_with(folder, "forced", "t1.nii.gz", register=True, adapt=0)
+    auto, side = _upscale_with(folder, "auto", "t1.nii.gz", adapt=0)
+    assert side["registration"]["mode"] == "auto" and side["registration"]["applied"]
+    assert side["registration"]["moves_mm"] > side["registration"]["threshold_mm"] == 2.0
+    np.testing.assert_array_equal(np.asarray(auto.dataobj), np.asarray(forced.dataobj))
+
+    kept, side = _upscale_with(folder, "kept", "t1_aligned.nii.gz")
+    headers, _ = _upscale_with(folder, "headers", "t1_aligned.nii.gz", register="off")
+    assert not side["registration"]["applied"]
+    assert side["registration"]["moves_mm"] < 2.0
+    np.testing.assert_array_equal(np.asarray(kept.dataobj), np.asarray(headers.dataobj))
+
+
+def test_default_adaptation_follows_the_registration(misplaced_reference):
+    """``adapt="auto"`` (the default) adapts a 2D model whose reference had to be moved, with
+    the default step count, and leaves it alone when the header placement was kept or the
+    reference is placed through the headers."""
+    from mrisr.training.adapt import DEFAULT_ADAPT_STEPS
+
+    folder, _ = misplaced_reference
+    sidecar = lambda name: json.loads((folder / f"{name}.json").read_text())  # noqa: E731
+    _upscale_with(folder, "moved_auto", "t1.nii.gz")
+    assert sidecar("moved_auto")["adapt"]["steps"] == DEFAULT_ADAPT_STEPS
+    _upscale_with(folder, "aligned_auto", "t1_aligned.nii.gz")
+    _upscale_with(folder, "moved_headers", "t1.nii.gz", register=False)
+    assert "adapt" not in sidecar("aligned_auto") and "adapt" not in sidecar("moved_headers")
 
 
 def test_default_model_follows_the_job():
@@ -311,3 +357,26 @@ def test_acquire_like_averages_the_moving_image_over_each_static_voxel():
     moving = Volume(data, np.eye(4), None, "t1")
     np.testing.assert_allclose(acquire_like(moving, (8, 6, 4), thick_affine),
                                data.reshape(8, 6, 4, 5).mean(axis=-1), atol=1e-5)
+
+
+def test_register_flags_of_the_cli():
+    from mrisr.cli.main import build_parser
+
+    def register(*flags):
+        return build_parser().parse_args(["upscale", "in.nii.gz", "--scale", "2", "-o",
+                                          "out.nii.gz", *flags]).register
+
+    assert register() == "auto"
+    assert register("--register") == "on"
+    assert register("--no-register") == "off"
+
+
+def test_registration_of_a_reference_without_overlap_fails_cleanly(misplaced_reference):
+    folder, ph = misplaced_reference
+    far = ph.affine.copy()
+    far[:3, 3] += 1000.0
+    save_nifti(ph.t1w, far, folder / "far.nii.gz")
+    for name, register in (("far_on", True), ("far_auto", None)):
+        with pytest.raises(InputError, match="far.nii.gz: no spatial overlap"):
+            _upscale_with(folder, name, "far.nii.gz", register=register)
+        assert not (folder / f"{name}.nii.gz").exists()

@@ -75,8 +75,8 @@ def test_ixi_reference_on_another_grid_is_placed_through_the_affines():
 
 @pytest.mark.skipif(not weights_path(DEFAULT_DMRI_MODEL).exists(),
                     reason="no shipped dMRI weights")
-def test_shipped_dmri_default_beats_interpolation_on_the_held_out_slab(tmp_path):
-    """`mrisr upscale` of a real series degraded x2, with its T1w and the shipped default: the
+def test_shipped_dmri_model_beats_interpolation_on_the_held_out_slab(tmp_path):
+    """`mrisr upscale --model csr_dmri_s` of a real series degraded x2, with its T1w: the
     b=1000 volumes of the slab no training patch touched come out closer to the acquired ones
     than cubic interpolation brings them (docs/BENCHMARKS.md: +0.48 dB on four volumes)."""
     root = shared_dataset("dwi-philips-3t")
@@ -96,6 +96,7 @@ def test_shipped_dmri_default_beats_interpolation_on_the_held_out_slab(tmp_path)
     write_bvecs(tmp_path / "dwi.bvec", bvecs[:, keep])
     code = main(["upscale", str(tmp_path / "dwi.nii.gz"), "--ref",
                  str(root / "1301_WIP_ADNI_Sag3D_MPRAGE.nii.gz"), "--scale", "2",
+                 "--model", DEFAULT_DMRI_MODEL,
                  "-o", str(tmp_path / "sr.nii.gz"), "--device", "cpu", "-q"])
     assert code == 0
     assert json.loads((tmp_path / "sr.json").read_text())["model"] == DEFAULT_DMRI_MODEL

@@ -232,7 +232,9 @@ def _batch_summary(summary) -> int:
     return EXIT_BATCH_FAILED if summary.failed else 0
 
 
-def _adapt_steps(text: str) -> int:
+def _adapt_steps(text: str):
+    if text == "auto":
+        return text
     try:
         steps = int(text)
     except ValueError:
@@ -447,25 +449,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memmap", action="store_true", help="keep the output array on disk "
                    "(memory-mapped) instead of in memory")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
-    p.add_argument("--register", action=argparse.BooleanOptionalAction, default=None,
+    p.add_argument("--register", action="store_const", const="on", default="auto",
                    help="rigidly register --ref (mutual information; needs dipy) to the input "
-                   "(2D models; for references from another series, whose headers may be off "
-                   "by a millimetre or more) or to the mean b=0 (3D models) before placing it "
-                   "(default: off for 2D models, as the model was trained for 3D ones)")
+                   "(2D models; references from another series, whose headers may be off by a "
+                   "millimetre or more) or to the mean b=0 (3D models) before placing it. "
+                   "By default 2D models apply the correction only when it moves the "
+                   "input's anatomy by more than one reference voxel (without dipy: the "
+                   "headers); 3D models as they were trained. --register: always apply it")
+    p.add_argument("--no-register", dest="register", action="store_const", const="off",
+                   help="place --ref through the headers only")
     p.add_argument("--consistency", default="auto",
                    choices=["auto", "none", "kspace", "slice_box", "slice_gaussian"],
                    help="project the output so that the input's acquisition model (k-space crop "
                         "in-plane, slice profile along a thick axis) gives the input back; auto: "
                         "box slice profile along an axis upscaled >= 2x and >= 1.5x more than "
                         "the others, k-space crop otherwise (2D models; default auto)")
-    p.add_argument("--adapt", nargs="?", type=_adapt_steps, const="default", default=0,
+    p.add_argument("--adapt", nargs="?", type=_adapt_steps, const="default", default="auto",
                    metavar="STEPS",
                    help="test-time adaptation: fine-tune a copy of the model on "
                    "pairs made from the input itself (degraded again by the requested factor, "
                    "with the reference at the input's resolution) before upscaling; a 4D "
                    "series with a 3D model: one copy fine-tuned on all its volumes. STEPS "
                    "defaults to about a minute of work on 2 CPU cores for 2D models, "
-                   "100 steps for 3D models")
+                   "100 steps for 3D models; 0: never. Without --adapt (auto): a 2D model "
+                   "adapts (40 steps) when the registration had to move --ref, i.e. a "
+                   "reference from another series, and not otherwise")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--fail-fast", action="store_true", help="batches: stop at the first input "
                    "that fails (default: go on with the others, then list what was written and "

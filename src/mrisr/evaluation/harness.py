@@ -60,6 +60,8 @@ class EvaluateConfig:
     :mod:`mrisr.evaluation.dmri`.
     crop_margin: in ``volume`` mode, crop every volume to the bounding box of its mask plus
     this many voxels (background costs model time and says little); ``None``: whole volumes.
+    slab: in ``volume`` mode, keep only this many central slices along ``slice_axis`` (after
+    cropping; the centre of the mask), to bound the cost of slow methods; ``None``: all.
     """
 
     dataset: DatasetSpec = field(default_factory=DatasetSpec)
@@ -70,6 +72,7 @@ class EvaluateConfig:
     max_slices: Optional[int] = None
     crop_multiple: int = 1
     crop_margin: Optional[int] = None
+    slab: Optional[int] = None
     degradation: str = "kspace"
     scales: list = field(default_factory=lambda: list(DEFAULT_SCALES))
     references: list[str] = field(default_factory=lambda: ["hr", "lr"])
@@ -106,6 +109,10 @@ class EvaluateConfig:
                 except ValueError:
                     raise ConfigError(f"{source}: reference type must be hr, lr or a positive "
                                       f"scale, got '{r}'") from None
+        if self.slab is not None and (isinstance(self.slab, bool) or not isinstance(
+                self.slab, int) or self.slab < 1):
+            raise ConfigError(f"{source}: slab must be a whole number of slices >= 1, got "
+                              f"{self.slab!r}")
         if not self.methods:
             raise ConfigError(f"{source}: methods is empty")
         labels = [m.display for m in self.methods]
@@ -160,6 +167,15 @@ def _cases(subject: SubjectVolumes, cfg: EvaluateConfig) -> Iterable[tuple[int, 
             lo = np.maximum(idx.min(0) - cfg.crop_margin, 0)
             hi = np.minimum(idx.max(0) + 1 + cfg.crop_margin, mask.shape)
             box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        if cfg.slab is not None and mask.any():
+            axis = cfg.slice_axis % 3
+            inside = np.flatnonzero(mask.any(axis=tuple(a for a in range(3) if a != axis)))
+            centre = int(round((inside.min() + inside.max()) / 2))
+            start = max(0, min(centre - cfg.slab // 2, mask.shape[axis] - cfg.slab))
+            box = list(box)
+            lo_ax = max(box[axis].start or 0, start)
+            box[axis] = slice(lo_ax, min(lo_ax + cfg.slab, box[axis].stop or mask.shape[axis]))
+            box = tuple(box)
         ref = subject.reference[box] if subject.reference is not None else None
         yield -1, subject.target[box], ref, mask[box]
         return

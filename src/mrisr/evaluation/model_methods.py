@@ -30,11 +30,13 @@ class ModelMethod(SRMethod):
     ``nn.Module`` (used during training). input_kind: ``magnitude`` or ``complex``; read from
     the checkpoint's training config when available.
     adapt: test-time adaptation steps (:mod:`mrisr.training.adapt`): before the slices of one
-    degraded scan are run, a copy of the model is fine-tuned on pairs made from them (0: off).
+    degraded scan are run, a copy of the model is fine-tuned on pairs made from them (0: off;
+    ``"auto"``: as ``mrisr upscale`` decides it, 3D cases only, 2D cases do not adapt).
     consistency: data-consistency projection of each output with its input
     (:func:`mrisr.degradation.consistency.project`; ``none`` leaves outputs as the model gives).
     register: 3D cases: the reference is registered to the input as by ``mrisr upscale
-    --register`` (slices: see ``dataset.register_reference``).
+    --register`` (``on``/``True``, ``off``/``False`` or ``auto``, the default of ``mrisr
+    upscale``; slices: see ``dataset.register_reference``).
     2D cases run through :func:`~mrisr.inference.predict.predict_slice`; 3D cases (``mode:
     volume``) through :func:`mrisr.inference.upscale.upscale`, exactly as ``mrisr upscale``
     runs a NIfTI volume.
@@ -42,7 +44,7 @@ class ModelMethod(SRMethod):
 
     def __init__(self, model: Union[str, nn.Module] = "dualarbnet_s", device: str = "auto",
                  input_kind: Optional[str] = None, threads: Optional[int] = None,
-                 adapt: int = 0, consistency: str = "none", register: bool = False):
+                 adapt: Union[int, str] = 0, consistency: str = "none", register="off"):
         if threads:
             torch.set_num_threads(threads)
         self.device = select_device(device)
@@ -51,15 +53,17 @@ class ModelMethod(SRMethod):
         # An nn.Module has no training config: its input kind comes from its channels.
         self.input_kind = input_kind or loaded.input_kind
         self.uses_reference = self.model.uses_reference
-        self.adapt = int(adapt)
+        # "auto" (mrisr upscale's default) is decided inside upscale(): 3D cases only.
+        self.adapt = adapt if adapt == "auto" else int(adapt)
         self.consistency = consistency
-        self.register = bool(register)
+        from mrisr.inference.upscale import register_mode
+        self.register = register_mode(register)
         self.active = self.model
         self.adapt_log: list[dict] = []
 
     def prepare(self, cases: list[SRCase]) -> None:
         self.active = self.model
-        if not self.adapt or not cases or cases[0].lr.ndim != 2:
+        if self.adapt in (0, "auto") or not cases or cases[0].lr.ndim != 2:
             return  # 3D cases adapt inside upscale()
         from mrisr.degradation import spline_resize
         from mrisr.training.adapt import adapt_model

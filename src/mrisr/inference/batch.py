@@ -194,7 +194,7 @@ class UpscaleBatch:
         """The folders the jobs write into (where stale temporaries may be swept first)."""
         return sorted({job.output.parent for job in self.jobs})
 
-    def run(self, *, adapt: Union[int, str] = 0, threads: Optional[int] = None,
+    def run(self, *, adapt: Union[int, str] = "auto", threads: Optional[int] = None,
             progress: Optional[Callable[[int], None]] = None,
             on_start: Optional[Callable[[int], None]] = None,
             on_job: Optional[Callable[[UpscaleJob], None]] = None,
@@ -203,8 +203,8 @@ class UpscaleBatch:
             **options) -> BatchSummary:
         """Upscale every job with :func:`~mrisr.inference.upscale.upscale_file`.
 
-        adapt: test-time adaptation steps, or ``"default"`` (the default of the model's kind:
-            2D or 3D). threads: CPU threads for torch. progress, on_start: as
+        adapt: test-time adaptation steps, ``"default"`` (the default of the model's kind:
+            2D or 3D) or ``"auto"`` (:func:`~mrisr.inference.upscale.adapt_steps`). threads: CPU threads for torch. progress, on_start: as
             :func:`~mrisr.inference.upscale.upscale_file`'s. on_job / on_written: called before
             / after each job; on_error: with each job that fails (the batch goes on).
             options: ``scale`` / ``voxel_size`` / ``shape``, ``device``, ``plane``, ``tile``,
@@ -238,7 +238,7 @@ class UpscaleBatch:
                     models[key] = load_upscale_model(self.model, *key)
                 if on_job is not None:
                     on_job(job)
-                steps = DEFAULT_ADAPT_STEPS if adapt == "default" else int(adapt)
+                steps = {"default": DEFAULT_ADAPT_STEPS, "auto": "auto"}.get(adapt, adapt)
                 if adapt == "default" and is_volume_model(models[key][0]):
                     steps = DEFAULT_ADAPT_STEPS_3D
                 upscale_file(job.target, job.output, job.reference, overwrite=self.overwrite,

@@ -18,7 +18,8 @@ from mrisr.errors import InputError
 
 __all__ = ["INTERPOLATION_MODELS", "VolumeInterpolation", "DEFAULT_MODEL", "DEFAULT_MODEL_NO_REF",
            "DEFAULT_THICK_SLICE_MODEL", "DEFAULT_DMRI_MODEL",
-           "DEFAULT_DMRI_MODEL_NO_T1", "default_model_name", "is_series_file",
+           "DEFAULT_DMRI_MODEL_NO_T1", "DMRI_MODELS_ABOVE_CUBIC", "SERIES_FALLBACK",
+           "default_model_name", "is_series_file",
            "check_model_name", "load_upscale_model"]
 
 #: Interpolation baselines usable as ``--model`` (label of the evaluation methods -> kind of
@@ -33,11 +34,20 @@ INTERPOLATION_MODELS = {"nearest": "nearest", "linear": "linear", "cubic": "cubi
 DEFAULT_MODEL = "dualarbnet_s"
 DEFAULT_MODEL_NO_REF = "liif_s"
 DEFAULT_THICK_SLICE_MODEL = "dualarbnet_robust"
-#: Default model of a 4D (diffusion) series with a T1w reference, when its weights are shipped.
+#: Default model of a 4D (diffusion) series with a T1w reference, when its weights are shipped
+#: and it is in DMRI_MODELS_ABOVE_CUBIC.
 DEFAULT_DMRI_MODEL = "csr_dmri_s"
 #: Default model of a 4D series without a T1w, when its weights are shipped and
 #: DEFAULT_DMRI_MODEL's were not trained with T1w dropout (otherwise the slice-wise 2D liif_s).
 DEFAULT_DMRI_MODEL_NO_T1 = "csr_dmri_s_m1"
+#: 3D presets whose shipped weights beat cubic interpolation on DWI series of scanners they
+#: were not trained on (issue 14's bar: x2, x3, x4 and x2.4 on at least six held-out series).
+#: Only these become the default of a 4D series; otherwise a series is upscaled by
+#: SERIES_FALLBACK. None does yet: on the held-out series of docs/BENCHMARKS.md ("Today's
+#: defaults on other scanners") the shipped csr_dmri_s is 0.13 dB below cubic at x2 with lower
+#: SSIM at every scale, and the slice-wise liif_s 0.6-0.9 dB below cubic.
+DMRI_MODELS_ABOVE_CUBIC: tuple[str, ...] = ()
+SERIES_FALLBACK = "cubic"
 
 
 class VolumeInterpolation:
@@ -78,19 +88,24 @@ def _shipped_with_t1_dropout(name: str) -> bool:
 
 def default_model_name(has_reference: bool, series: bool = False, thick: bool = False) -> str:
     """The model of ``mrisr upscale`` without ``--model``: for a 4D ``series``, the shipped 3D
-    diffusion model that fits (with or without a T1w reference), else ``dualarbnet_s`` with a
-    reference (``dualarbnet_robust`` for a ``thick``-slice job, when its weights are shipped)
-    and ``liif_s`` without."""
+    diffusion model that fits (with or without a T1w reference) when it is one of
+    :data:`DMRI_MODELS_ABOVE_CUBIC`, else :data:`SERIES_FALLBACK`; for a 3D volume
+    ``dualarbnet_s`` with a reference (``dualarbnet_robust`` for a ``thick``-slice job, when its
+    weights are shipped) and ``liif_s`` without."""
     from mrisr.models.registry import weights_path
 
-    if series and has_reference and weights_path(DEFAULT_DMRI_MODEL).exists():
+    def shipped(name: str) -> bool:
+        return name in DMRI_MODELS_ABOVE_CUBIC and weights_path(name).exists()
+
+    if series and has_reference and shipped(DEFAULT_DMRI_MODEL):
         return DEFAULT_DMRI_MODEL
     if series and not has_reference:
-        if weights_path(DEFAULT_DMRI_MODEL).exists() and \
-                _shipped_with_t1_dropout(DEFAULT_DMRI_MODEL):
+        if shipped(DEFAULT_DMRI_MODEL) and _shipped_with_t1_dropout(DEFAULT_DMRI_MODEL):
             return DEFAULT_DMRI_MODEL
-        if weights_path(DEFAULT_DMRI_MODEL_NO_T1).exists():
+        if shipped(DEFAULT_DMRI_MODEL_NO_T1):
             return DEFAULT_DMRI_MODEL_NO_T1
+    if series:
+        return SERIES_FALLBACK
     if not has_reference:
         return DEFAULT_MODEL_NO_REF
     if thick and weights_path(DEFAULT_THICK_SLICE_MODEL).exists():
@@ -141,11 +156,17 @@ def load_upscale_model(name: Optional[str], has_reference: bool, series: bool = 
     from mrisr.models.loading import load_model
     from mrisr.models.registry import PRESETS
 
+    chosen = name
     name = name or default_model_name(has_reference, series, thick)
     if name in INTERPOLATION_MODELS:
-        return VolumeInterpolation(name), {"model": name, "architecture": "interpolation",
-                                           "code_version": None, "input": "magnitude",
-                                           "t1_registered_in_training": False}
+        desc = {"model": name, "architecture": "interpolation", "code_version": None,
+                "input": "magnitude", "t1_registered_in_training": False}
+        if chosen is None and series:
+            desc["note"] = (f"4D series: {name} interpolation, since no shipped model beats it "
+                            "on DWI series of scanners it was not trained on "
+                            "(docs/BENCHMARKS.md); --model csr_dmri_s for the T1w-guided 3D "
+                            "model")
+        return VolumeInterpolation(name), desc
     if name not in PRESETS and not Path(name).exists():
         raise _not_found(name)
     loaded = load_model(name)

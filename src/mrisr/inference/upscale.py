@@ -60,7 +60,8 @@ from mrisr.models.base import SRModel
 __all__ = ["PLANES", "DEFAULT_TILE", "DEFAULT_SLICE_BATCH", "DEFAULT_CONSISTENCY", "output_grid",
            "choose_slice_axis", "reference_grid", "estimate_bytes", "available_memory",
            "check_resources", "SliceUpscaler", "check_consistency", "apply_consistency",
-           "upscale", "is_thick_slice", "register_reference", "check_adaptable",
+           "upscale", "is_thick_slice", "register_reference", "register_mode", "REGISTER_MODES",
+           "foreground_corners", "adapt_steps", "check_adaptable",
            "adapt_to_input", "consistency_not_applied", "sidecar_path", "upscale_file", "UpscaleResult", "grid_info", "load_model",
            # the model choice (mrisr.inference.selection), where older code finds it
            "DEFAULT_DMRI_MODEL", "DEFAULT_DMRI_MODEL_NO_T1", "INTERPOLATION_MODELS",
@@ -278,22 +279,107 @@ def is_thick_slice(in_shape: Sequence[int], out_shape: Sequence[int]) -> bool:
     return thick_axis([o / i for i, o in zip(in_shape, out_shape)]) is not None
 
 
-def register_reference(reference: Volume, static: np.ndarray, static_affine: np.ndarray
-                       ) -> tuple[Volume, dict]:
+#: ``register`` modes of 2D models: ``auto`` (the default) keeps the header placement unless
+#: the registration moves the input's foreground by more than one reference voxel.
+REGISTER_MODES = ("auto", "on", "off")
+
+
+def register_mode(register) -> str:
+    """``register`` of :func:`upscale` as one of :data:`REGISTER_MODES` for a 2D model:
+    ``None`` -> ``auto``, ``True`` -> ``on``, ``False`` -> ``off``."""
+    if register is None:
+        return "auto"
+    if isinstance(register, bool):
+        return "on" if register else "off"
+    if register not in REGISTER_MODES:
+        raise InputError(f"register must be one of {', '.join(REGISTER_MODES)} or a bool, "
+                         f"got {register!r}")
+    return register
+
+
+def adapt_steps(adapt, registration: Optional[dict], two_d_with_reference: bool) -> int:
+    """Steps of test-time adaptation: ``adapt`` itself when it is a number; ``"auto"`` (the
+    default): :data:`~mrisr.training.adapt.DEFAULT_ADAPT_STEPS` for a 2D model whose reference
+    had to be moved by the registration (a reference from another series: on ixi002 the
+    adaptation then added +0.23 / +0.17 / +0.61 dB at x2 / x4 / x8, docs/BENCHMARKS.md), else 0
+    (on co-registered in-domain data it cost up to 1.3 dB)."""
+    if adapt != "auto":
+        return int(adapt)
+    from mrisr.training.adapt import DEFAULT_ADAPT_STEPS
+
+    moved = bool(registration and registration.get("applied"))
+    return DEFAULT_ADAPT_STEPS if two_d_with_reference and moved else 0
+
+
+def register_flag_3d(register) -> Optional[bool]:
+    """``register`` for a 3D model's T1w placement: ``None``/``"auto"`` (as the model was
+    trained), else on or off."""
+    mode = register_mode(register)
+    return None if mode == "auto" else mode == "on"
+
+
+def foreground_corners(image: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """World coordinates ``(4, 8)`` (homogeneous, mm) of the corners of the bounding box of
+    ``image``'s foreground (above a tenth of its 99th percentile; the whole grid if empty)."""
+    magnitude = np.abs(image)
+    peak = float(np.percentile(magnitude, 99)) if magnitude.size else 0.0
+    idx = np.argwhere(magnitude > 0.1 * peak) if peak > 0 else np.empty((0, 3), int)
+    lo, hi = ((idx.min(0), idx.max(0)) if len(idx)
+              else (np.zeros(3, int), np.asarray(magnitude.shape[:3]) - 1))
+    corners = np.array([[a[0], b[1], c[2], 1.0] for a in (lo, hi) for b in (lo, hi)
+                        for c in (lo, hi)], dtype=np.float64).T
+    return np.asarray(affine, dtype=np.float64) @ corners
+
+
+def register_reference(reference: Volume, static: np.ndarray, static_affine: np.ndarray,
+                       mode: str = "on") -> tuple[Volume, dict]:
     """``reference`` with its affine corrected by a rigid mutual-information registration to
     ``static`` (the input on its grid ``static_affine``; :func:`mrisr.data.dwi.register_rigid`),
     and a description of the correction: the rigid map from the input's world to the place the
-    reference's header gives the same anatomy (``translation_mm``, ``rotation_deg``)."""
+    reference's header gives the same anatomy (``translation_mm``, ``rotation_deg``), how far it
+    moves the corners of the input's foreground (``moves_mm``) and whether it was ``applied``.
+
+    ``mode`` ``auto`` applies it only when it moves the foreground by more than one voxel of
+    the reference (its largest voxel size, ``threshold_mm``): the shipped models were trained
+    with the reference shifted by up to about one of its voxels, and on co-registered data the
+    estimate from a low-resolution input wanders by 0.2-0.5 mm, which costs more than it
+    corrects (docs/BENCHMARKS.md, "Registration")."""
     from mrisr.data.dwi import register_rigid
 
-    transform = register_rigid(reference, np.abs(static).astype(np.float32), static_affine,
-                               match_acquisition=True)
+    static = np.abs(static).astype(np.float32)
+    if mode == "auto":
+        try:
+            import dipy.align  # noqa: F401
+        except ImportError:
+            return reference, {"mode": mode, "applied": False,
+                               "reason": "dipy not installed (pip install dipy)"}
+    try:
+        # A reference without overlap or contrast on the input's grid gives dipy 0/0.
+        with np.errstate(invalid="ignore", divide="ignore"):
+            transform = register_rigid(reference, static, static_affine, match_acquisition=True)
+    except (ValueError, np.linalg.LinAlgError):
+        transform = np.full((4, 4), np.nan)
+    if not np.isfinite(transform).all():
+        if mode == "on":
+            raise InputError(f"{reference.path}: registration to the input failed (no overlap "
+                             "or no contrast on the input's grid); try --no-register")
+        return reference, {"mode": mode, "applied": False,
+                           "reason": "registration failed (no overlap or no contrast)"}
+    corners = foreground_corners(static, static_affine)
+    moves = float(np.linalg.norm((transform - np.eye(4)) @ corners, axis=0).max())
+    threshold = float(voxel_sizes(reference.affine).max())
+    applied = mode == "on" or moves > threshold
+    cos = float(np.clip((np.trace(transform[:3, :3]) - 1) / 2, -1.0, 1.0))
+    info = {"mode": mode, "translation_mm": [round(float(t), 3) for t in transform[:3, 3]],
+            "rotation_deg": round(float(np.degrees(np.arccos(cos))), 3),
+            "moves_mm": round(moves, 3), "threshold_mm": round(threshold, 3),
+            "applied": bool(applied)}
+    if not applied:
+        return reference, info
     # Reading the reference at transform @ p is reading it through inv(T) @ its affine.
     moved = Volume(reference.data, np.linalg.solve(transform, reference.affine),
                    reference.header, reference.path)
-    cos = float(np.clip((np.trace(transform[:3, :3]) - 1) / 2, -1.0, 1.0))
-    return moved, {"translation_mm": [round(float(t), 3) for t in transform[:3, 3]],
-                   "rotation_deg": round(float(np.degrees(np.arccos(cos))), 3)}
+    return moved, info
 
 
 def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, voxel_size=None,
@@ -301,7 +387,7 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
             plane: Optional[str] = None, tile: Optional[int] = DEFAULT_TILE, amp: bool = False,
             out: Optional[np.ndarray] = None, progress: Optional[Callable[[int], None]] = None,
             loaded_model=None, consistency: str = DEFAULT_CONSISTENCY,
-            adapt: int = 0, register: Optional[bool] = None) -> UpscaleResult:
+            adapt="auto", register=None) -> UpscaleResult:
     """Super-resolve a 3D :class:`Volume` (see the module docstring for the conventions).
 
     ``consistency``: the data-consistency projection applied to the whole output of a 2D
@@ -310,14 +396,17 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
     (:mod:`mrisr.degradation.consistency`); recorded in ``info["consistency"]``. Not applied
     to 3D models.
 
-    ``adapt``: fine-tune a copy of a 2D model for that many steps on pairs made from the input
+    ``adapt``: fine-tune a copy of the model for that many steps on pairs made from the input
     itself before upscaling (:mod:`mrisr.training.adapt`); the adapted model is returned in
-    ``adapted_model`` and described in ``info["adapt"]``.
+    ``adapted_model`` and described in ``info["adapt"]``. ``"auto"`` (the default):
+    :func:`adapt_steps` (a 2D model whose reference the registration moved, else none).
 
     ``register``: refine the header alignment of ``reference`` with a rigid mutual-information
-    registration to the input (:func:`register_reference`, needs dipy) before it is resampled;
-    ``None``: off for 2D models, as the model was trained for 3D ones. Recorded in
-    ``info["reference"]["registration"]``.
+    registration to the input (:func:`register_reference`, needs dipy) before it is resampled.
+    2D models: ``True``/``"on"``, ``False``/``"off"`` or ``None``/``"auto"`` (registered, and
+    the correction applied only when it moves the input's foreground by more than one reference
+    voxel; without dipy the headers are kept). 3D models: a bool, ``None`` as the model was
+    trained. Recorded in ``info["reference"]["registration"]``.
     """
     from mrisr.devices import select_device
     from mrisr.resample import resample_to_grid
@@ -345,8 +434,10 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
         return UpscaleResult(data=data, affine=out_affine, info=info)
     # -- 3D models: the whole volume at once (mrisr.inference.volume3d) ---------------------
     if is_volume_model(net):
+        adapt = adapt_steps(adapt, None, False)
         runner = SeriesUpscaler3D(target, reference, (net, desc), out_shape, out_affine,
-                                  device=device, amp=amp, register=register)
+                                  device=device, amp=amp,
+                                  register=register_flag_3d(register))
         if adapt:
             runner.adapt(adapt, progress)
         result = runner.upscale(0, out, progress)
@@ -362,9 +453,10 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
     ref_grid = None
     if reference is not None and upscaler.uses_reference:
         registration = None
-        if register:
+        mode = register_mode(register)
+        if mode != "off":
             reference, registration = register_reference(reference, target.data,
-                                                         target.affine)
+                                                         target.affine, mode)
         ref_shape, ref_affine = reference_grid(target, reference, axis)
         ref_grid, inside = resample_to_grid(reference.data, reference.affine, ref_affine,
                                             ref_shape, name=str(reference.path))
@@ -376,6 +468,8 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
         if registration is not None:
             info["reference"]["registration"] = registration
     adapted = None
+    adapt = adapt_steps(adapt, info.get("reference", {}).get("registration"),
+                        upscaler.uses_reference and ref_grid is not None)
     if adapt:
         adapted, info["adapt"] = adapt_to_input(net, desc, target, ref_grid, out_shape, axis,
                                                 adapt, dev, progress)
@@ -387,7 +481,11 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
     return UpscaleResult(data=data, affine=out_affine, info=info, adapted_model=adapted)
 
 
-def check_adaptable(net, adapt: int) -> None:
+def check_adaptable(net, adapt) -> None:
+    if adapt == "auto":
+        return
+    if isinstance(adapt, bool) or not isinstance(adapt, (int, np.integer)):
+        raise InputError(f"--adapt must be a number of steps >= 0 or 'auto', got {adapt!r}")
     if adapt < 0:
         raise InputError(f"--adapt must be a number of steps >= 0, got {adapt}")
     if adapt and isinstance(net, VolumeInterpolation):
@@ -486,8 +584,11 @@ def _upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
     model_pack = loaded_model or load_upscale_model(options.pop("model", None),
                                                     reference is not None, series,
                                                     thick=is_thick_slice(shape3, out_shape))
-    check_adaptable(model_pack[0], options.get("adapt", 0))
-    if reference is not None and isinstance(model_pack[0], VolumeInterpolation):
+    options.setdefault("adapt", "auto")
+    check_adaptable(model_pack[0], options["adapt"])
+    if "note" in model_pack[1]:
+        warnings.warn(MrisrWarning(f"{target_path}: {model_pack[1]['note']}"), stacklevel=3)
+    elif reference is not None and isinstance(model_pack[0], VolumeInterpolation):
         warnings.warn(MrisrWarning(f"{reference_path}: not used by the interpolation baseline "
                                    f"'{model_pack[0].name}'"), stacklevel=3)
     # -- 3D models: the series is prepared once (b=0 normalisation from the .bval beside the
@@ -498,18 +599,25 @@ def _upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
                                     read_series_bvals(target_path, n_vol) if series else None,
                                     device=options.get("device", "auto"),
                                     amp=options.get("amp", False),
-                                    register=register)
-    if series3d is not None and options.get("adapt", 0):
+                                    register=register_flag_3d(register))
+    if series3d is not None and options["adapt"] == "auto":
+        options["adapt"] = 0  # 3D models adapt only when asked
+    if series3d is not None and options["adapt"]:
         # One copy of the model fine-tuned on the whole series, then every volume upscaled.
         if on_start:
             on_start(n_vol * series3d.units_per_volume + options["adapt"])
             on_start = None
         series3d.adapt(options["adapt"], progress)
     registration = None
-    if register and series3d is None and reference is not None and model_pack[0].uses_reference:
+    if series3d is None and reference is not None and model_pack[0].uses_reference and \
+            register_mode(register) != "off":
         # 2D models: the reference is registered once, to the mean of the series' volumes.
         static = target.data.mean(axis=3) if series else target.data
-        reference, registration = register_reference(reference, static, target.affine)
+        reference, registration = register_reference(reference, static, target.affine,
+                                                     register_mode(register))
+    options["register"] = "off"  # 2D models: done above, once for the whole file
+    options["adapt"] = adapt_steps(options.get("adapt", "auto"), registration,
+                                   series3d is None and registration is not None)
     if on_start and series3d is not None:
         on_start(n_vol * series3d.units_per_volume)
     elif on_start:
