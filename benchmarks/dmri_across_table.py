@@ -3,7 +3,10 @@
 (one folder per held-out series, see the config's header) into the tables of
 docs/BENCHMARKS.md ("Today's defaults on other scanners").
 
-    python benchmarks/dmri_across_table.py [results/dmri-across]
+    python benchmarks/dmri_across_table.py [results/dmri-across [results/dmri-across-gain ...]]
+
+Several result folders (e.g. the rows of configs/eval_dmri_across_gain.yaml) are joined per
+series: each adds the methods the earlier ones lack (the cubic rows of the same series agree).
 
 Printed: PSNR inside the brain (mean over the diffusion-weighted volumes) per series and scale,
 the gain of each method over cubic interpolation averaged over the series that ran it, the
@@ -21,10 +24,18 @@ SCALES = ("2", "3", "4", "2.4")
 BASELINE = "Cubic|-"
 
 
-def load(root: Path) -> dict[str, dict]:
-    out = {}
-    for folder in sorted(p for p in root.iterdir() if (p / "summary.json").exists()):
-        out[folder.name] = json.loads((folder / "summary.json").read_text())
+def load(roots: list[Path]) -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for root in roots:
+        for folder in sorted(p for p in root.iterdir() if (p / "summary.json").exists()):
+            summary = json.loads((folder / "summary.json").read_text())
+            if folder.name not in out:
+                out[folder.name] = summary
+                continue
+            for metric, rows in summary.items():
+                if isinstance(rows, dict):
+                    for key, value in rows.items():
+                        out[folder.name].setdefault(metric, {}).setdefault(key, value)
     return out
 
 
@@ -43,10 +54,10 @@ def label(key: str) -> str:
 
 
 def main() -> None:
-    root = Path(sys.argv[1] if len(sys.argv) > 1 else "results/dmri-across")
-    results = load(root)
+    roots = [Path(a) for a in sys.argv[1:]] or [Path("results/dmri-across")]
+    results = load(roots)
     if not results:
-        raise SystemExit(f"{root}: no summary.json below it; run the evaluations first")
+        raise SystemExit(f"{roots[0]}: no summary.json below it; run the evaluations first")
     series = list(results)
     methods = methods_in_order(results)
 

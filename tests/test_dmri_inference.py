@@ -145,6 +145,15 @@ def dwi_files(tmp_path_factory):
             "model": root / "tiny.pt"}
 
 
+def test_4d_series_calibrated_gain_in_the_sidecar(dwi_files, tmp_path):
+    f = dwi_files
+    up.upscale_file(f["root"] / "dwi.nii.gz", tmp_path / "sr.nii.gz", f["root"] / "t1.nii.gz",
+                    scale=2, model=str(f["model"]), device="cpu", calibrate=True)
+    entry = json.loads((tmp_path / "sr.json").read_text())["detail_gain"]
+    assert 0.0 <= entry["gain"] <= 1.0 and len(entry["volumes"]) == 4
+    assert entry["pair_shape"] == [6, 7, 5]
+
+
 def test_4d_series_upscaled_with_a_3d_model(dwi_files, tmp_path):
     f = dwi_files
     ph = f["phantom"]

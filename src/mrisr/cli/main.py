@@ -278,7 +278,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             on_error=lambda job, exc: bar.write(f"mrisr: error: {exc}", file=sys.stderr),
             on_written=lambda job: bar.write(f"wrote {job.output}"),
             memmap=args.memmap, device=args.device, plane=args.plane, tile=args.tile,
-            amp=args.amp, register=args.register, consistency=args.consistency, **size)
+            amp=args.amp, register=args.register, consistency=args.consistency,
+            calibrate=args.calibrate, **size)
     finally:
         bar.close()
     return _batch_summary(summary) if summary.batch else 0
@@ -464,6 +465,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "in-plane, slice profile along a thick axis) gives the input back; auto: "
                         "box slice profile along an axis upscaled >= 2x and >= 1.5x more than "
                         "the others, k-space crop otherwise (2D models; default auto)")
+    p.add_argument("--calibrate", action="store_const", const="on", default="auto",
+                   help="scale the detail the model adds (2D models with the k-space "
+                   "projection: beyond the measured band; 3D models: its correction to cubic "
+                   "interpolation) by a gain in [0, 1] fitted on the input degraded once "
+                   "more. By default only 2D models without --ref do (see docs/BENCHMARKS.md "
+                   "for what it gains and costs)")
+    p.add_argument("--no-calibrate", dest="calibrate", action="store_const", const="off",
+                   help="never scale the model's detail")
     p.add_argument("--adapt", nargs="?", type=_adapt_steps, const="default", default="auto",
                    metavar="STEPS",
                    help="test-time adaptation: fine-tune a copy of the model on "

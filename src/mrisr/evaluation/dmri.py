@@ -70,7 +70,7 @@ REGIONS = ("holdout", "whole")
 PROTOCOLS = ("attenuation", "signal")
 #: Method names of the signal protocol that run a model through ``mrisr upscale``'s path.
 SERIES_METHODS = ("upscale", "model3d")
-SERIES_METHOD_ARGS = {"model", "adapt", "register", "t1", "device", "threads"}
+SERIES_METHOD_ARGS = {"model", "adapt", "calibrate", "register", "t1", "device", "threads"}
 CATEGORY_TAGS = {"in-distribution": "", "out-of-distribution": " (OOD)",
                  "non-integer": " (non-int.)"}
 #: Tensor-fidelity metrics: (row key, column title, display factor, decimals).
@@ -120,7 +120,8 @@ class DmriEvaluateConfig:
         LR series, methods run through ``mrisr upscale``'s series path; see the module
         docstring). With ``signal`` a method is an interpolation name or ``upscale`` (alias
         ``model3d``) with ``args``: ``model`` (anything ``mrisr upscale --model`` takes),
-        ``adapt`` (test-time adaptation steps, 0: none), ``register`` (T1w registration,
+        ``adapt`` (test-time adaptation steps, 0: none), ``calibrate`` (the detail gain of
+        ``mrisr upscale --calibrate``), ``register`` (T1w registration,
         default: as the model's training), ``t1`` (false: do not give the T1w, e.g. a model
         trained with T1w dropout run as on a series without one), ``device``; a method that
         needs a T1w is skipped on a subject without one.
@@ -158,7 +159,8 @@ class DmriEvaluateConfig:
                     raise ConfigError(f"{source}: method '{m.display}': the signal protocol "
                                       "runs interpolations "
                                       f"({', '.join(INTERPOLATION_MODELS)}) and 'upscale' "
-                                      "(args: model, adapt, register, t1, device)")
+                                      "(args: model, adapt, calibrate, register, t1, "
+                                      "device)")
                 unknown = set(m.args) - SERIES_METHOD_ARGS
                 if unknown:
                     raise ConfigError(f"{source}: method '{m.display}': unknown args "
@@ -421,6 +423,7 @@ class SeriesMethod:
         if args.get("threads"):
             torch.set_num_threads(int(args["threads"]))
         self.adapt = int(args.get("adapt", 0) or 0)
+        self.calibrate = args.get("calibrate", "off")
         self.register = args.get("register")
         self.device = args.get("device", "auto")
         self.pack = load_upscale_model(str(name), has_reference=True, series=True)
@@ -442,7 +445,7 @@ class SeriesMethod:
                  ) -> tuple[np.ndarray, dict]:
         """The volumes ``indices`` of the LR series upscaled to ``out_shape``:
         ``((X, Y, Z, len(indices)), info)`` (info: adaptation seconds and losses)."""
-        from mrisr.inference.upscale import upscale
+        from mrisr.inference.upscale import calibrate_applies, upscale
         from mrisr.inference.volume3d import SeriesUpscaler3D
 
         net, desc = self.pack
@@ -457,13 +460,16 @@ class SeriesMethod:
                                       device=self.device, register=self.register)
             if self.adapt:
                 info["adapt"] = runner.adapt(self.adapt)
+            if calibrate_applies(self.calibrate, False):
+                info["detail_gain"] = runner.calibrate()
             for k, v in enumerate(indices):
                 out[..., k] = runner.upscale(int(v)).data
         else:
             pack, adapt = self.pack, self.adapt
             for k, v in enumerate(indices):
                 result = upscale(Volume(lr.data[..., v], lr.affine), ref, shape=out_shape,
-                                 loaded_model=pack, device=self.device, adapt=adapt)
+                                 loaded_model=pack, device=self.device, adapt=adapt,
+                                 calibrate=self.calibrate)
                 out[..., k] = result.data
                 if result.adapted_model is not None:
                     # As mrisr upscale: a series is adapted once, on its first volume.

@@ -36,7 +36,9 @@ class ModelMethod(SRMethod):
     (:func:`mrisr.degradation.consistency.project`; ``none`` leaves outputs as the model gives).
     register: 3D cases: the reference is registered to the input as by ``mrisr upscale
     --register`` (``on``/``True``, ``off``/``False`` or ``auto``, the default of ``mrisr
-    upscale``; slices: see ``dataset.register_reference``).
+    upscale``; slices: see ``dataset.register_reference``). calibrate: 3D cases, the detail
+    gain of ``mrisr upscale --calibrate`` (``on``, ``off``, the default, or ``auto``, that of
+    ``mrisr upscale``; :mod:`mrisr.inference.calibration`).
     2D cases run through :func:`~mrisr.inference.predict.predict_slice`; 3D cases (``mode:
     volume``) through :func:`mrisr.inference.upscale.upscale`, exactly as ``mrisr upscale``
     runs a NIfTI volume.
@@ -44,7 +46,8 @@ class ModelMethod(SRMethod):
 
     def __init__(self, model: Union[str, nn.Module] = "dualarbnet_s", device: str = "auto",
                  input_kind: Optional[str] = None, threads: Optional[int] = None,
-                 adapt: Union[int, str] = 0, consistency: str = "none", register="off"):
+                 adapt: Union[int, str] = 0, consistency: str = "none", register="off",
+                 calibrate="off"):
         if threads:
             torch.set_num_threads(threads)
         self.device = select_device(device)
@@ -58,6 +61,7 @@ class ModelMethod(SRMethod):
         self.consistency = consistency
         from mrisr.inference.upscale import register_mode
         self.register = register_mode(register)
+        self.calibrate = calibrate
         self.active = self.model
         self.adapt_log: list[dict] = []
 
@@ -102,7 +106,7 @@ class ModelMethod(SRMethod):
         result = upscale(volume(case.lr, "input"), ref, shape=tuple(case.out_shape),
                          loaded_model=(self.model, desc), device=str(self.device),
                          consistency=self.consistency, adapt=self.adapt,
-                         register=self.register)
+                         register=self.register, calibrate=self.calibrate)
         if "adapt" in result.info:
             self.adapt_log.append(result.info["adapt"])
         return result.data

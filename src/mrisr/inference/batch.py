@@ -208,7 +208,7 @@ class UpscaleBatch:
             :func:`~mrisr.inference.upscale.upscale_file`'s. on_job / on_written: called before
             / after each job; on_error: with each job that fails (the batch goes on).
             options: ``scale`` / ``voxel_size`` / ``shape``, ``device``, ``plane``, ``tile``,
-            ``amp``, ``register``, ``consistency``, ``memmap``.
+            ``amp``, ``register``, ``consistency``, ``calibrate``, ``memmap``.
         Returns the :class:`BatchSummary`, including the jobs that failed their checks.
         """
         import torch

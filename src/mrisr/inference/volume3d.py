@@ -39,6 +39,7 @@ from mrisr.data.intensity import robust_max
 from mrisr.degradation import spline_resize
 from mrisr.devices import select_device
 from mrisr.errors import InputError
+from mrisr.inference.calibration import least_squares_gain
 from mrisr.inference.result import UpscaleResult, grid_info
 from mrisr.inference.tiling import tile_windows
 from mrisr.io.dwi import companion_paths, read_bvals
@@ -323,7 +324,8 @@ class SeriesUpscaler3D:
 
     A T1w-guided model trained with T1w dropout (``t1_dropout`` > 0 in its description) also
     upscales a series without ``reference``: its T1w input is then zero, as in training.
-    :meth:`adapt` fine-tunes a copy of the model on the series before :meth:`upscale`.
+    :meth:`adapt` fine-tunes a copy of the model on the series before :meth:`upscale`;
+    :meth:`calibrate` then fits the weight of its correction on the series.
     """
 
     def __init__(self, target: Volume, reference: Optional[Volume], model_pack: tuple,
@@ -376,6 +378,8 @@ class SeriesUpscaler3D:
             "outside_brain": "cubic interpolation"}
         self.info = {**grid_info(desc, target.spatial_shape, target.affine, self.out_shape,
                                  self.out_affine), **info, "encoder_tile": tile}
+        #: The weight of the model's correction (:meth:`calibrate`).
+        self.gain = 1.0
         #: Progress units (output planes along axis 0) per volume.
         self.units_per_volume = self.out_shape[0]
 
@@ -404,6 +408,45 @@ class SeriesUpscaler3D:
         self.desc = {**self.desc, "adapted_steps": int(steps)}
         return entry
 
+    def calibrate(self, max_volumes: int = 4) -> dict:
+        """Fit the gain of the model's correction to cubic interpolation on the series itself
+        (:mod:`mrisr.inference.calibration`): up to ``max_volumes`` volumes spread over the
+        series, each as the model sees it,
+        degraded once more by the output/input factors (cubic B-spline downsampling, as
+        :meth:`adapt`), upscaled back to the input grid by :meth:`upscale`'s rule; the gain
+        ``g`` in [0, 1] that best fits the input inside the brain scales the correction of
+        every later :meth:`upscale`. Returns the sidecar entry (also ``info["detail_gain"]``)."""
+        in_shape = self.data.shape[:3]
+        factors = [o / i for i, o in zip(in_shape, self.out_shape)]
+        pair_shape = tuple(max(1, int(round(n / f))) for n, f in zip(in_shape, factors))
+        entry: dict
+        if min(pair_shape) < 4:
+            entry = {"gain": 1.0, "reason": "the input degraded again would have fewer than "
+                                            "4 voxels along an axis"}
+        else:
+            t1 = None
+            if self.t1 is not None:
+                t1 = np.zeros(in_shape, np.float32)
+                if self.reference is not None:
+                    placed = place_t1_on_dwi_grid(self.reference, self.target.affine, in_shape,
+                                                  transform=self.transform)
+                    t1 = scale_t1(placed.data, self.mask)
+            n = self.data.shape[3]
+            picks = np.unique(np.linspace(0, n - 1, min(max_volumes, n)).round().astype(int))
+            corrections, truths = [], []
+            for v in picks:
+                x, _ = self.normalised(int(v))
+                lr = spline_resize(x, pair_shape, order=3)
+                cubic = spline_resize(lr, in_shape, order=3)
+                pred = self.upscaler(lr, in_shape, t1)
+                corrections.append((pred - cubic)[self.mask])
+                truths.append((x - cubic)[self.mask])
+            entry = {**least_squares_gain(np.concatenate(corrections), np.concatenate(truths)),
+                     "volumes": [int(v) for v in picks], "pair_shape": list(pair_shape)}
+        self.gain = float(entry["gain"])
+        self.info["detail_gain"] = entry
+        return entry
+
     def normalised(self, index: int) -> tuple[np.ndarray, float]:
         """Volume ``index`` as the model's input: float32 ``(x, y, z)`` divided by its robust
         maximum inside the mask (0 outside), and that maximum (the factor to multiply back)."""
@@ -423,7 +466,7 @@ class SeriesUpscaler3D:
         x, factor = self.normalised(index)
         result = self.upscaler(x, self.out_shape, self.t1, out, progress)
         result -= spline_resize(x, self.out_shape, order=3)
-        result *= np.float32(factor)
+        result *= np.float32(factor * self.gain)
         cubic = spline_resize(self.data[..., index].astype(np.float32), self.out_shape, order=3)
         result += cubic
         outside = ~self.mask_hr
