@@ -3,7 +3,8 @@
 After the k-space projection (:mod:`mrisr.degradation.consistency`) an output ``x`` is the
 zero-filled interpolation ``z`` of the input plus what the model adds beyond the measured
 band, ``d = x - z``. On scans unlike its training data that detail can be worse than none
-(docs/BENCHMARKS.md: on a whole head with skull the default was 0.06 dB below zero-filling).
+(docs/BENCHMARKS.md: on a whole head with skull `liif_s` was 0.23 dB below zero-filling at
+x2).
 The gain ``g`` in ``z + g d`` is fitted on a pair made from the input, in the spirit of
 ZSSR/SMORE: the input degraded once more by the same in-plane k-space crop is upscaled back to
 the input's grid by the same model and projected; its detail ``d'`` and the true detail
