@@ -232,6 +232,14 @@ def _batch_summary(summary) -> int:
     return EXIT_BATCH_FAILED if summary.failed else 0
 
 
+def _add_switch(parser: argparse.ArgumentParser, name: str, help: str, off_help: str) -> None:
+    """``--NAME`` (``on``) and ``--no-NAME`` (``off``) of an option whose default is ``auto``."""
+    parser.add_argument(f"--{name}", action="store_const", const="on", default="auto",
+                        help=help)
+    parser.add_argument(f"--no-{name}", dest=name, action="store_const", const="off",
+                        help=off_help)
+
+
 def _adapt_steps(text: str):
     if text == "auto":
         return text
@@ -450,29 +458,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memmap", action="store_true", help="keep the output array on disk "
                    "(memory-mapped) instead of in memory")
     p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
-    p.add_argument("--register", action="store_const", const="on", default="auto",
-                   help="rigidly register --ref (mutual information; needs dipy) to the input "
-                   "(2D models; references from another series, whose headers may be off by a "
-                   "millimetre or more) or to the mean b=0 (3D models) before placing it. "
-                   "By default 2D models apply the correction only when it moves the "
-                   "input's anatomy by more than one reference voxel (without dipy: the "
-                   "headers); 3D models as they were trained. --register: always apply it")
-    p.add_argument("--no-register", dest="register", action="store_const", const="off",
-                   help="place --ref through the headers only")
+    _add_switch(p, "register",
+                help="rigidly register --ref (mutual information; needs dipy) to the input "
+                     "(2D models; references from another series, whose headers may be off by a "
+                     "millimetre or more) or to the mean b=0 (3D models) before placing it. "
+                     "By default 2D models apply the correction only when it moves the "
+                     "input's anatomy by more than one reference voxel (without dipy: the "
+                     "headers); 3D models as they were trained. --register: always apply it",
+                off_help="place --ref through the headers only")
     p.add_argument("--consistency", default="auto",
                    choices=["auto", "none", "kspace", "slice_box", "slice_gaussian"],
                    help="project the output so that the input's acquisition model (k-space crop "
                         "in-plane, slice profile along a thick axis) gives the input back; auto: "
                         "box slice profile along an axis upscaled >= 2x and >= 1.5x more than "
                         "the others, k-space crop otherwise (2D models; default auto)")
-    p.add_argument("--calibrate", action="store_const", const="on", default="auto",
-                   help="scale the detail the model adds (2D models with the k-space "
-                   "projection: beyond the measured band; 3D models: its correction to cubic "
-                   "interpolation) by a gain in [0, 1] fitted on the input degraded once "
-                   "more. By default only 2D models without --ref do (see docs/BENCHMARKS.md "
-                   "for what it gains and costs)")
-    p.add_argument("--no-calibrate", dest="calibrate", action="store_const", const="off",
-                   help="never scale the model's detail")
+    _add_switch(p, "calibrate",
+                help="scale the detail the model adds (2D models with the k-space "
+                     "projection: beyond the measured band; 3D models: its correction to cubic "
+                     "interpolation) by a gain in [0, 1] fitted on the input degraded once "
+                     "more. By default only 2D models without --ref do (see docs/BENCHMARKS.md "
+                     "for what it gains and costs)",
+                off_help="never scale the model's detail")
     p.add_argument("--adapt", nargs="?", type=_adapt_steps, const="default", default="auto",
                    metavar="STEPS",
                    help="test-time adaptation: fine-tune a copy of the model on "

@@ -61,8 +61,9 @@ __all__ = ["PLANES", "DEFAULT_TILE", "DEFAULT_SLICE_BATCH", "DEFAULT_CONSISTENCY
            "choose_slice_axis", "reference_grid", "estimate_bytes", "available_memory",
            "check_resources", "SliceUpscaler", "check_consistency", "apply_consistency",
            "upscale", "is_thick_slice", "register_reference", "register_mode", "REGISTER_MODES",
-           "foreground_corners", "adapt_steps", "check_adaptable",
-           "adapt_to_input", "consistency_not_applied", "sidecar_path", "upscale_file", "UpscaleResult", "grid_info", "load_model",
+           "SWITCH_MODES", "switch_mode", "calibrate_applies", "foreground_corners",
+           "adapt_steps", "check_adaptable", "adapt_to_input", "consistency_not_applied",
+           "sidecar_path", "upscale_file", "UpscaleResult", "grid_info", "load_model",
            # the model choice (mrisr.inference.selection), where older code finds it
            "DEFAULT_DMRI_MODEL", "DEFAULT_DMRI_MODEL_NO_T1", "INTERPOLATION_MODELS",
            "VolumeInterpolation", "default_model_name", "is_series_file", "load_upscale_model"]
@@ -279,9 +280,11 @@ def is_thick_slice(in_shape: Sequence[int], out_shape: Sequence[int]) -> bool:
     return thick_axis([o / i for i, o in zip(in_shape, out_shape)]) is not None
 
 
+#: The values of an ``auto``/``on``/``off`` option (``register``, ``calibrate``).
+SWITCH_MODES = ("auto", "on", "off")
 #: ``register`` modes of 2D models: ``auto`` (the default) keeps the header placement unless
 #: the registration moves the input's foreground by more than one reference voxel.
-REGISTER_MODES = ("auto", "on", "off")
+REGISTER_MODES = SWITCH_MODES
 
 
 def switch_mode(value, name: str) -> str:
@@ -291,8 +294,8 @@ def switch_mode(value, name: str) -> str:
         return "auto"
     if isinstance(value, bool):
         return "on" if value else "off"
-    if value not in REGISTER_MODES:
-        raise InputError(f"{name} must be one of {', '.join(REGISTER_MODES)} or a bool, "
+    if value not in SWITCH_MODES:
+        raise InputError(f"{name} must be one of {', '.join(SWITCH_MODES)} or a bool, "
                          f"got {value!r}")
     return value
 

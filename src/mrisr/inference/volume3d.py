@@ -392,13 +392,9 @@ class SeriesUpscaler3D:
         :func:`adapt_volume_model`. Returns the sidecar entry (also in ``info["adapt"]``)."""
         factors = [o / i for i, o in zip(self.data.shape[:3], self.out_shape)]
         volumes = np.stack([self.normalised(v)[0] for v in range(self.data.shape[3])], -1)
-        t1 = None
-        if self.upscaler.uses_reference and self.reference is not None:
-            placed = place_t1_on_dwi_grid(self.reference, self.target.affine,
-                                          self.data.shape[:3], transform=self.transform)
-            t1 = scale_t1(placed.data, self.mask)
         old = self.upscaler
-        result = adapt_volume_model(old.model, volumes, self.mask, factors, t1, steps,
+        result = adapt_volume_model(old.model, volumes, self.mask, factors,
+                                    self._t1_on_input_grid(), steps,
                                     device=old.device, progress=progress, **kwargs)
         self.upscaler = VolumeUpscaler(result.model, old.device, old.tile, old.chunk, old.amp)
         entry = {**result.describe(), "volumes": int(volumes.shape[3]),
@@ -424,13 +420,9 @@ class SeriesUpscaler3D:
             entry = {"gain": 1.0, "reason": "the input degraded again would have fewer than "
                                             "4 voxels along an axis"}
         else:
-            t1 = None
-            if self.t1 is not None:
+            t1 = self._t1_on_input_grid()
+            if t1 is None and self.t1 is not None:  # a T1w-dropout model run without one
                 t1 = np.zeros(in_shape, np.float32)
-                if self.reference is not None:
-                    placed = place_t1_on_dwi_grid(self.reference, self.target.affine, in_shape,
-                                                  transform=self.transform)
-                    t1 = scale_t1(placed.data, self.mask)
             n = self.data.shape[3]
             picks = np.unique(np.linspace(0, n - 1, min(max_volumes, n)).round().astype(int))
             corrections, truths = [], []
@@ -446,6 +438,15 @@ class SeriesUpscaler3D:
         self.gain = float(entry["gain"])
         self.info["detail_gain"] = entry
         return entry
+
+    def _t1_on_input_grid(self) -> Optional[np.ndarray]:
+        """The scaled T1w placed on the input grid (with the registration already found), for
+        pairs made from the series itself; ``None`` without a T1w or a model that reads one."""
+        if not (self.upscaler.uses_reference and self.reference is not None):
+            return None
+        placed = place_t1_on_dwi_grid(self.reference, self.target.affine, self.data.shape[:3],
+                                      transform=self.transform)
+        return scale_t1(placed.data, self.mask)
 
     def normalised(self, index: int) -> tuple[np.ndarray, float]:
         """Volume ``index`` as the model's input: float32 ``(x, y, z)`` divided by its robust
