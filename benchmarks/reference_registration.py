@@ -6,7 +6,7 @@ the low-resolution input (docs/BENCHMARKS.md, "Scans unlike the training data").
 
 For two subjects (ixi002: T1 and T2 from separate series of one session; a brats18 test
 patient: contrasts already co-registered and resampled onto one grid) the T1 is rigidly
-registered (:func:`mrisr.data.dwi.register_rigid`, mutual information) to the T2 at full
+registered (:func:`mrisr.data.registration.register_rigid`, mutual information) to the T2 at full
 resolution, to the T2 degraded in-plane by the k-space crop at x2, x4 and x8, and to the T2
 averaged into 5 mm slices, in two ways: ``acquired`` (the T1 averaged over the input's voxels
 first, as `mrisr upscale --register` does) and ``isotropic`` (an isotropic copy of the T1 at
@@ -52,7 +52,7 @@ def main() -> None:
 
     import torch
 
-    from mrisr.data.dwi import register_rigid
+    from mrisr.data.registration import register_rigid
     from mrisr.degradation import degrade_volume
     from mrisr.io import load_nifti
 

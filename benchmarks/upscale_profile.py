@@ -157,7 +157,7 @@ def slab(root: Path, subject: str, n_slices: int, folder: Path) -> tuple[Path, P
 
 
 def profile_once(target: Path, ref: Path, scale: float, threads: int, tile: int, model: str,
-                 folder: Path) -> dict:
+                 folder: Path, precision: str | None = None) -> dict:
     """One upscale_file run with every component timed, then the FLOPs of one slice."""
     import numpy as np
     import torch
@@ -171,7 +171,7 @@ def profile_once(target: Path, ref: Path, scale: float, threads: int, tile: int,
     instrument(sections)
     use_ref = model.startswith("dualarbnet")
     kwargs = dict(scale=(scale, scale, 1), model=model, device="cpu", tile=tile,
-                  overwrite=True)
+                  overwrite=True, **({"precision": precision} if precision else {}))
     out = folder / f"sr_x{scale:g}.nii"
     t0 = time.perf_counter()
     up.upscale_file(target, out, ref if use_ref else None, **kwargs)
@@ -196,7 +196,8 @@ def profile_once(target: Path, ref: Path, scale: float, threads: int, tile: int,
     counter = FlopCounterMode(display=False)
     counted.counter = counter
     instrument(counted)
-    upscaler = up.SliceUpscaler(loaded[0], torch.device("cpu"), loaded[1]["input"], tile)
+    upscaler = up.SliceUpscaler(loaded[0], torch.device("cpu"), loaded[1]["input"], tile,
+                                **({"precision": precision} if precision else {}))
     with counter:
         upscaler._slice(lr, out_shape, reference)
     n_model = int(sum(1 for z in range(vol.data.shape[2]) if np.any(vol.data[:, :, z])))
@@ -243,6 +244,8 @@ def main() -> None:
     parser.add_argument("--old-src", default=None,
                         help="src folder of another checkout, profiled alternately")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--precision", default=None, help="auto, fp32 or bf16 (this tree; "
+                        "default: the upscale default)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     root = Path(os.environ.get("MRISR_DATA", "../shared/data")) / "brats18-tcia" / args.subject
@@ -252,7 +255,8 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             target, ref = slab(root, args.subject, args.slices, Path(tmp))
             for s in (float(v) for v in args.scales.split(",")):
-                r = profile_once(target, ref, s, args.threads, args.tile, args.model, Path(tmp))
+                r = profile_once(target, ref, s, args.threads, args.tile, args.model, Path(tmp),
+                                 args.precision)
                 print("RESULT " + json.dumps(r), flush=True)
         return
     versions = [("this tree", None)] + ([("old", args.old_src)] if args.old_src else [])

@@ -3,4 +3,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-exec "${MRISR_VENV:-.venv}/bin/mrisr" demo "$@"
+# --overwrite: a second run replaces the files the first one wrote in ./mrisr-demo/
+exec "${MRISR_VENV:-.venv}/bin/mrisr" demo --overwrite "$@"

@@ -142,14 +142,14 @@ def test_series_gain_undoes_a_known_overshoot_of_a_3d_correction():
     ("auto", True, True), ("auto", False, False), (None, True, True), ("on", False, True),
     (True, False, True), ("off", True, False), (False, True, False)])
 def test_calibrate_modes(value, without_reference, applies):
-    from mrisr.inference.upscale import calibrate_applies
+    from mrisr.inference.decisions import calibrate_applies
 
     assert calibrate_applies(value, without_reference) is applies
 
 
 def test_calibrate_mode_errors_name_the_option():
     from mrisr.errors import InputError
-    from mrisr.inference.upscale import calibrate_applies
+    from mrisr.inference.decisions import calibrate_applies
 
     with pytest.raises(InputError, match="calibrate must be one of auto, on, off"):
         calibrate_applies("sometimes", True)

@@ -17,7 +17,7 @@ def test_unknown_keys_are_named_with_their_path(tmp_path):
 def test_types_and_values_are_checked(tmp_path):
     with pytest.raises(ConfigError, match="'slice_axis' must be an integer"):
         from_dict(EvaluateConfig, {"slice_axis": "z"})
-    with pytest.raises(ConfigError, match="scales must be positive"):
+    with pytest.raises(ConfigError, match="scales must be numbers from 1"):
         from_dict(EvaluateConfig, {"scales": [2, -1]})
     with pytest.raises(ConfigError, match="unknown degradation"):
         from_dict(EvaluateConfig, {"degradation": "blur"})

@@ -88,7 +88,8 @@ def test_volume_upscaler_decodes_in_chunks_into_a_given_array():
     out_shape = (20, 17, 15)
     t1_hr = spline_resize(t1, out_shape)
     done = []
-    upscaler = VolumeUpscaler(model, torch.device("cpu"), tile=4, chunk=333)
+    # fp32: compared with the model run directly in fp32 below
+    upscaler = VolumeUpscaler(model, torch.device("cpu"), tile=4, chunk=333, precision="fp32")
     out = np.full(out_shape, np.nan, np.float32)
     result = upscaler(lr, out_shape, t1_hr, out=out, progress=done.append)
     assert result is out and sum(done) == out_shape[0]

@@ -15,6 +15,7 @@ from mrisr.data.synthetic import random_contrast
 from mrisr.degradation import DEGRADATIONS, degrade, degrade_volume
 from mrisr.degradation.kspace import centered_fft, kspace_resize
 from mrisr.errors import InputError
+from mrisr.inference.decisions import EVIDENCE_RATIO
 from mrisr.inference.upscale import upscale, upscale_file
 from mrisr.io import load_nifti, save_nifti
 from mrisr.io.nifti import Volume
@@ -214,8 +215,10 @@ def test_upscale_with_adaptation_keeps_grid_and_atomic_writing(tmp_path):
     assert adapted.shape == plain.shape == (32, 32, 6)
     np.testing.assert_allclose(adapted.affine, plain.affine)
     side = json.loads((tmp_path / "adapted.json").read_text())
-    assert side["adapt"]["steps"] == 3 and side["adapt"]["mode"] == "inplane"
-    assert not np.allclose(np.asarray(adapted.dataobj), np.asarray(plain.dataobj))
+    assert side["adapt"]["steps_requested"] == 3 and side["adapt"]["mode"] == "inplane"
+    # The copy upscales only when it beat the model on the held-out slices.
+    same = np.array_equal(np.asarray(adapted.dataobj), np.asarray(plain.dataobj))
+    assert (side["adapt"]["used"] == "adapted") != same
     names = sorted(p.name for p in tmp_path.iterdir())
     assert not [n for n in names if n.startswith(".")], names
 
@@ -301,15 +304,23 @@ def test_upscale_register_moves_a_misplaced_reference_back(misplaced_reference):
     assert not np.allclose(np.asarray(registered.dataobj), np.asarray(plain.dataobj))
 
 
-def test_default_registration_corrects_only_more_than_a_reference_voxel(misplaced_reference):
+def test_default_registration_corrects_only_a_header_shown_to_be_off(misplaced_reference):
     """``auto`` (the default): 4 mm off with 2 mm reference voxels is corrected, exactly as
-    ``--register``; a reference whose header is right is left where the header puts it, with
-    the output of ``--no-register``."""
+    ``--register``, with the MI evidence in the sidecar's decisions; a reference whose header
+    is right is left where the header puts it, with the output of ``--no-register``."""
     folder, _ = misplaced_reference
     forced, _ = _upscale_with(folder, "forced", "t1.nii.gz", register=True, adapt=0)
     auto, side = _upscale_with(folder, "auto", "t1.nii.gz", adapt=0)
-    assert side["registration"]["mode"] == "auto" and side["registration"]["applied"]
-    assert side["registration"]["moves_mm"] > side["registration"]["threshold_mm"] == 2.0
+    reg = side["registration"]
+    assert reg["mode"] == "auto" and reg["applied"]
+    assert reg["moves_mm"] > reg["tolerance_mm"] == 2.0
+    assert reg["mi_gain"] > EVIDENCE_RATIO * reg["mi_drop_at_tolerance"] > 0
+    decisions = json.loads((folder / "auto.json").read_text())["decisions"]
+    assert set(decisions) == {"model", "registration", "adaptation", "calibration",
+                              "consistency"}
+    assert all(d["choice"] and d["reason"] for d in decisions.values())
+    decided = decisions["registration"]
+    assert decided["choice"] == "corrected" and decided["evidence"]["applied"]
     np.testing.assert_array_equal(np.asarray(auto.dataobj), np.asarray(forced.dataobj))
 
     kept, side = _upscale_with(folder, "kept", "t1_aligned.nii.gz")
@@ -328,15 +339,19 @@ def test_default_adaptation_follows_the_registration(misplaced_reference):
     folder, _ = misplaced_reference
     sidecar = lambda name: json.loads((folder / f"{name}.json").read_text())  # noqa: E731
     _upscale_with(folder, "moved_auto", "t1.nii.gz")
-    assert sidecar("moved_auto")["adapt"]["steps"] == DEFAULT_ADAPT_STEPS
+    assert sidecar("moved_auto")["adapt"]["steps_requested"] == DEFAULT_ADAPT_STEPS
+    decided = sidecar("moved_auto")["decisions"]["adaptation"]
+    assert decided["choice"] == sidecar("moved_auto")["adapt"]["used"]
+    assert "registration moved the reference" in decided["reason"]
     _upscale_with(folder, "aligned_auto", "t1_aligned.nii.gz")
     _upscale_with(folder, "moved_headers", "t1.nii.gz", register=False)
     assert "adapt" not in sidecar("aligned_auto") and "adapt" not in sidecar("moved_headers")
+    assert sidecar("aligned_auto")["decisions"]["adaptation"]["choice"] == "none"
 
 
 def test_default_model_follows_the_job():
     from mrisr.inference.selection import default_model_name
-    from mrisr.inference.upscale import is_thick_slice
+    from mrisr.inference.decisions import is_thick_slice
     from mrisr.models.registry import weights_path
 
     assert is_thick_slice((64, 64, 20), (64, 64, 100))
@@ -349,7 +364,7 @@ def test_default_model_follows_the_job():
 
 
 def test_acquire_like_averages_the_moving_image_over_each_static_voxel():
-    from mrisr.data.dwi import acquire_like
+    from mrisr.data.registration import acquire_like
     from mrisr.grid import resample_affine
 
     data = np.random.default_rng(3).random((8, 6, 20)).astype(np.float32)
@@ -380,3 +395,142 @@ def test_registration_of_a_reference_without_overlap_fails_cleanly(misplaced_ref
         with pytest.raises(InputError, match="far.nii.gz: no spatial overlap"):
             _upscale_with(folder, name, "far.nii.gz", register=register)
         assert not (folder / f"{name}.nii.gz").exists()
+
+
+# -- registration that does not invent motion ----------------------------------------------------
+def _rigid_about(centre, shift=(0.0, 0.0, 0.0), axis=None, degrees=0.0):
+    from mrisr.data.registration import rigid_map
+
+    return rigid_map(shift, axis, np.radians(degrees), centre)
+
+
+def test_registration_rule_weighs_the_mi_gain_against_a_voxel_of_motion():
+    from mrisr.data.registration import RegistrationEvidence
+    from mrisr.inference.decisions import registration_rule
+
+    def evidence(moves, gain, drop):
+        return RegistrationEvidence(np.eye(4), moves, 1.0, 0.5, 0.5 + gain, drop)
+
+    assert not registration_rule(evidence(0.8, 0.5, 0.01))[0]       # within a voxel
+    assert registration_rule(evidence(2.0, 0.1, 0.02))[0]            # clearly better aligned
+    applied, reason = registration_rule(evidence(2.0, 0.004, 0.02))  # moved, flat MI
+    assert not applied and "no evidence of motion" in reason
+    assert not registration_rule(RegistrationEvidence(np.eye(4), 2.0, 1.0))[0]  # not measured
+    assert not registration_rule(evidence(2.0, float("nan"), 0.02))[0]  # no voxel scored
+    assert not registration_rule(evidence(2.0, 0.1, -0.01))[0]  # the estimate is no optimum
+
+
+@pytest.fixture(scope="module")
+def phantom_pair():
+    """A phantom T2 (1.5 mm in-plane, 2 mm slices) with its co-registered T1, the T1's header
+    far from the world origin (as brats': the corner of the grid)."""
+    pytest.importorskip("dipy.align")
+    ph = make_brain_phantom(shape=(64, 72, 40), voxel_size=(1.5, 1.5, 2.0), seed=3, noise=0.01)
+    affine = ph.affine.copy()
+    affine[:3, 3] += (150.0, -120.0, 90.0)
+    return ph, affine
+
+
+@pytest.mark.parametrize("job", ["5 mm slices", "x2", "x4"])
+def test_default_registration_leaves_co_registered_pairs_alone(phantom_pair, job):
+    """No false correction: the reference is where its header says (benchmarks/
+    registration_decision.py runs the same on brats, IXI and a whole head)."""
+    from mrisr.inference.decisions import register_reference
+
+    ph, affine = phantom_pair
+    scale = (1, 1, 2.5) if job == "5 mm slices" else (int(job[1]),) * 2 + (1,)
+    kind = "thick_slice" if job == "5 mm slices" else "kspace"
+    lr, lr_affine = degrade_volume(ph.t2w, affine, scale, kind=kind)
+    reference = Volume(ph.t1w, affine, None, "t1")
+    kept, decision = register_reference(reference, lr, lr_affine, "auto")
+    assert decision.choice == "header" and not decision.evidence["applied"], decision
+    assert kept is reference
+
+
+@pytest.mark.parametrize("motion", ["shift", "rotation", "both"])
+def test_default_registration_recovers_known_motions(phantom_pair, motion):
+    """A header off by a known rigid motion (rotations about the brain, far from the world
+    origin) is corrected, back to within one reference voxel of the truth."""
+    from mrisr.data.registration import foreground_points, largest_displacement
+    from mrisr.inference.decisions import register_reference
+
+    ph, affine = phantom_pair
+    lr, lr_affine = degrade_volume(ph.t2w, affine, (1, 1, 2.5), kind="thick_slice")
+    points = foreground_points(lr, lr_affine)
+    centre = points[:3].mean(axis=1)
+    truth = {"shift": _rigid_about(centre, (0.0, 4.0, 0.0)),
+             "rotation": _rigid_about(centre, axis=2, degrees=5.0),
+             "both": _rigid_about(centre, (3.0, 0.0, -3.0), axis=0, degrees=3.0)}[motion]
+    # The header claims the T1 lies where `truth` puts it (motion between the series).
+    moved = Volume(ph.t1w, truth @ affine, None, "t1")
+    fixed, decision = register_reference(moved, lr, lr_affine, "auto")
+    assert decision.choice == "corrected", decision
+    # The corrected header puts the T1's voxels back where they are, within a voxel (2 mm).
+    assert largest_displacement(fixed.affine @ np.linalg.inv(affine), points) < 2.0
+
+
+# -- adaptation that never harms ---------------------------------------------------------------
+@pytest.fixture(scope="module")
+def small_inplane_pair():
+    ph = make_brain_phantom(shape=(64, 64, 8), voxel_size=(2, 2, 4), seed=1)
+    return (np.abs(degrade(ph.t2w, (2, 2, 1), kind="kspace")),
+            np.abs(degrade(ph.t1w, (2, 2, 1), kind="kspace")))
+
+
+def test_adaptation_that_raises_the_held_out_loss_keeps_the_model(small_inplane_pair):
+    """A step size that wrecks the model: the held-out loss rises, adaptation stops early and
+    the model given is returned, not the copy."""
+    lr, ref = small_inplane_pair
+    torch.manual_seed(0)
+    model = create_model("dualarbnet", **TINY)
+    result = adapt_model(model, lr, (2, 2, 1), 2, ref, steps=25, lr=0.1, batch_size=4,
+                         patch=12)
+    info = result.describe()
+    assert result.model is model and not result.adapted and info["used"] == "unadapted"
+    assert info["stopped"] == "early" and len(result.losses) < 25
+    assert min(v for _, v in result.checks[1:]) > info["held_out_loss_unadapted"]
+
+
+def test_adaptation_is_bounded_in_time(small_inplane_pair):
+    lr, ref = small_inplane_pair
+    torch.manual_seed(0)
+    model = create_model("dualarbnet", **TINY)
+    seen = []
+    result = adapt_model(model, lr, (2, 2, 1), 2, ref, steps=25, lr=1e-3, batch_size=4,
+                         patch=12, max_seconds=0.0, progress=seen.append)
+    assert len(result.losses) == 1 and result.stop == "time"
+    assert sum(seen) == 25  # the progress bar still reaches the steps it was promised
+    assert [s for s, _ in result.checks] == [0, 1]
+
+
+def test_held_out_slices_are_whole_blocks_never_trained_on():
+    from mrisr.training.adapt import split_held_out
+    from mrisr.training.config import SourceSpec
+
+    image = np.ones((8, 8, 20), np.float32)
+    volume = TrainingVolume("input", {"target": image}, image > 0, [("target", None)])
+    volumes = SliceVolumes.from_sources([Source(SourceSpec(name="input", slice_axes=[2]),
+                                                [volume])], 0.05, False)
+    training, held = split_held_out(volumes, 0.2)
+    train_idx = set(training.sources[0].slices[:, 2].tolist())
+    held_idx = sorted(held.sources[0].slices[:, 2].tolist())
+    assert len(held_idx) == 4 and not train_idx & set(held_idx)
+    assert train_idx | set(held_idx) == set(range(20))
+    assert held_idx == [6, 7, 12, 13]  # two blocks, about a third and two thirds in
+    tiny = SliceVolumes.from_sources([Source(SourceSpec(name="input", slice_axes=[2]), [
+        TrainingVolume("input", {"target": image[..., :2]}, image[..., :2] > 0,
+                       [("target", None)])])], 0.05, False)
+    assert split_held_out(tiny)[1] is None
+
+
+def test_default_adaptation_is_for_moved_references_in_plane_only():
+    from mrisr.inference.decisions import Decision, decide_adaptation
+    from mrisr.training.adapt import DEFAULT_ADAPT_STEPS
+
+    corrected, kept = Decision("corrected", "off"), Decision("header", "aligned")
+    assert decide_adaptation("auto", corrected, True).evidence["steps"] == DEFAULT_ADAPT_STEPS
+    thick = decide_adaptation("auto", corrected, True, thick_slice=True)
+    assert thick.choice == "none" and "thick slices" in thick.reason
+    assert decide_adaptation("auto", kept, True).choice == "none"
+    assert decide_adaptation("auto", corrected, False).choice == "none"
+    assert decide_adaptation(7, kept, True, thick_slice=True).evidence["steps"] == 7

@@ -6,7 +6,7 @@ or adds an edge); every ``import`` and ``from ... import`` counts, relative ones
 inside functions included. The layers, from the top (README, "Layout"):
 
     cli -> demo -> evaluation -> inference -> training -> models | data
-        -> io | degradation | resample -> grid | config | registry | devices | progress
+        -> io | degradation | resample -> grid | config | registry | devices | precision | progress
         | configs | mrisr (the package root) -> errors
 
 A module may import its own group and any lower layer; groups side by side on one layer
@@ -32,6 +32,7 @@ LAYERS = {
     "mrisr.models": 3, "mrisr.data": 3,
     "mrisr.io": 2, "mrisr.degradation": 2, "mrisr.resample": 2,
     "mrisr.grid": 1, "mrisr.config": 1, "mrisr.registry": 1, "mrisr.devices": 1,
+    "mrisr.precision": 1,
     "mrisr.progress": 1, "mrisr.configs": 1, "mrisr": 1,
     "mrisr.errors": 0,
 }

@@ -170,12 +170,13 @@ data:
 curriculum:
   - {{name: full, steps: 3, reference: {{hr: 0.5, own: 0.5}}}}
 optim: {{batch_size: 4, lr: 0.001}}
-run: {{checkpoint_every: 100, log_every: 1, seed: 3, threads: 1}}
+run: {{checkpoint_every: 100, log_every: 1, seed: 3, threads: 1, precision: fp32}}
 output: {output}
 """
 
 
 def test_torchrun_two_gloo_ranks_match_one_process(tmp_path):
+    # fp32: in bf16 the two batch splits round differently (oneDNN picks kernels by shape).
     import json
     model = json.dumps(TINY_MODEL)
     for name in ("single", "ddp"):

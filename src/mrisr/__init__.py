@@ -4,13 +4,21 @@ Public entry points are re-exported here; see the sub-packages for the building 
 ``mrisr.grid`` (coordinates and affines), ``mrisr.io``, ``mrisr.degradation``,
 ``mrisr.data`` (embedded phantom, datasets), ``mrisr.evaluation`` (metrics, harness).
 """
-from importlib.metadata import PackageNotFoundError, version as _version
+from mrisr.errors import MrisrError, InputError, ConfigError
 
-try:
-    __version__ = _version("mrisr")
-except PackageNotFoundError:  # running from a source tree without installation
-    __version__ = "0.0.0+source"
 
-from mrisr.errors import MrisrError, InputError, ConfigError  # noqa: E402
+def __getattr__(name: str):
+    """``__version__``, read from the installed metadata on first use: reading it takes tens
+    of milliseconds, which ``mrisr`` spends before it can handle Ctrl-C."""
+    if name != "__version__":
+        raise AttributeError(f"module 'mrisr' has no attribute '{name}'")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        value = version("mrisr")
+    except PackageNotFoundError:  # running from a source tree without installation
+        value = "0.0.0+source"
+    globals()["__version__"] = value
+    return value
 
 __all__ = ["__version__", "MrisrError", "InputError", "ConfigError"]

@@ -9,6 +9,7 @@ defaults to ``../shared/data``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import types
@@ -22,6 +23,16 @@ from mrisr.errors import ConfigError
 
 T = TypeVar("T")
 DEFAULT_DATA_ROOT = "../shared/data"
+#: The largest scale factor (per axis) that any option or setting accepts: beyond it no image
+#: keeps a voxel or fits in memory, and arithmetic on absurd values (1e308) overflows.
+MAX_SCALE = 1000.0
+
+
+def is_scale(value, low: float = 1.0) -> bool:
+    """Whether ``value`` is a scale factor a setting accepts: a finite number from ``low``
+    (1: a "low-resolution" image is never upsampled) to :data:`MAX_SCALE`."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and \
+        math.isfinite(value) and low <= value <= MAX_SCALE
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -152,8 +163,10 @@ def load_yaml(path: str | os.PathLike, _seen: tuple = ()) -> dict:
         raise ConfigError(f"{p}: not a YAML config (binary content, not UTF-8 text)") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{p}: invalid YAML ({str(exc).splitlines()[0]})") from None
-    if data is None:
-        data = {}
+    if data is None or data == {}:
+        # Not the defaults: an empty file is a mistake (not saved, the wrong file), which a
+        # whole default evaluation or training run would hide.
+        raise ConfigError(f"{p}: config is empty (no settings)")
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: top level must be a mapping of settings")
     parent = data.pop("extends", None)

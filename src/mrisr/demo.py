@@ -22,7 +22,7 @@ from mrisr.data.phantom import make_brain_phantom
 from mrisr.degradation import degrade_volume, spline_resize
 from mrisr.evaluation.metrics import psnr, ssim
 from mrisr.inference.upscale import upscale_file
-from mrisr.io.atomic import atomic_path, write_text_atomic
+from mrisr.io.atomic import atomic_path, check_new_files, write_text_atomic
 from mrisr.io.nifti import save_nifti
 
 DEFAULT_OUTPUT = "mrisr-demo"
@@ -89,6 +89,12 @@ def _figure(path: Path, hr: np.ndarray, lr_display: np.ndarray, results: dict, m
     plt.close(fig)
 
 
+#: The files :func:`run_demo` writes into its folder (the upscaled ones with their sidecars).
+DEMO_FILES = ("t2w_hr.nii.gz", "t1w_reference.nii.gz", "t2w_lr.nii.gz", "t2w_cubic.nii.gz",
+              "t2w_mrisr_noref.nii.gz", "t2w_mrisr_noref.json", "t2w_mrisr_ref.nii.gz",
+              "t2w_mrisr_ref.json", "comparison.png", "metrics.md")
+
+
 def run_demo(output: str | Path = DEFAULT_OUTPUT, scale: float = 4.0, seed: int = 0,
              overwrite: bool = True, log: Callable[[str], None] = print,
              device: str = "auto", progress: Optional[Callable[[int], None]] = None,
@@ -100,6 +106,7 @@ def run_demo(output: str | Path = DEFAULT_OUTPUT, scale: float = 4.0, seed: int 
     if case not in CASES:
         raise ValueError(f"case must be one of {', '.join(CASES)}, got {case!r}")
     out = Path(output)
+    check_new_files([out / name for name in DEMO_FILES], overwrite)
     out.mkdir(parents=True, exist_ok=True)
     ph = make_brain_phantom(shape=(128, 128, 64), voxel_size=(1.5, 1.5, 1.5), seed=seed)
     hr, ref, affine = ph.t2w, ph.t1w, ph.affine

@@ -10,28 +10,61 @@ start), so listings and early errors are immediate.
 """
 from __future__ import annotations
 
-import argparse
-import contextlib
-import logging
-import math
 import os
 import signal
 import sys
-import threading
-import warnings
-from pathlib import Path
-from typing import Iterator, Optional, Sequence
 
-from mrisr import __version__
-from mrisr.errors import InputError, MrisrError, MrisrWarning
+
+def _interrupted_while_starting(signum, frame) -> None:
+    """Ctrl-C or SIGTERM before :func:`main` runs (the imports of a cold start take a tenth
+    of a second or more) or after it has returned: nothing is being written, so one line and
+    the exit status at once."""
+    sys.stderr.write("mrisr: interrupted\n")
+    sys.stderr.flush()
+    os._exit(128 + signum)
+
+
+# Only when this process is the mrisr command (the console script, or python -m), never when
+# a program imports this module. SIGTERM last: once it is caught (/proc/PID/status), both are.
+if __name__ == "__main__" or os.path.basename(sys.argv[0] if sys.argv else "") == "mrisr":
+    for _signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(_signum, _interrupted_while_starting)
+
+import argparse  # noqa: E402  (after the signal handlers: these imports take time)
+import contextlib  # noqa: E402
+import logging  # noqa: E402
+import math  # noqa: E402
+import shlex  # noqa: E402
+import threading  # noqa: E402
+import warnings  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Iterator, Optional, Sequence  # noqa: E402
+
+from mrisr.config import MAX_SCALE  # noqa: E402
+from mrisr.errors import InputError, MrisrError, MrisrWarning  # noqa: E402
+from mrisr.precision import PRECISIONS  # noqa: E402
 
 #: Exit status of a batch that ran to its end with some inputs failed (the others written).
 EXIT_BATCH_FAILED = 3
 
 
-def _numbers(count: tuple[int, ...] = (1, 3), integer: bool = False):
-    """argparse type: ``V`` or ``VX,VY,VZ`` (``count`` values), finite and > 0; the message
-    is prefixed with the option's name by :class:`_Parser`."""
+#: Bounds of the numeric options, checked by the parser before any arithmetic: beyond them a
+#: value is a slip of the keyboard, and arithmetic on it overflows (a scale of 1e308 gives an
+#: infinite number of voxels) or never ends.
+SCALE_RANGE = (1e-3, MAX_SCALE)  # --scale per axis
+VOXEL_SIZE_RANGE = (1e-3, 1e3)  # --voxel-size, mm: a micron to a metre
+SHAPE_RANGE = (1, 32767)  # --shape: NIfTI-1 holds at most 32767 voxels along an axis
+THREADS_RANGE = (1, 4096)
+TILE_RANGE = (1, 32767)
+ADAPT_STEPS_RANGE = (0, 1_000_000)
+SEED_RANGE = (0, 2 ** 32 - 1)  # numpy's seeds
+DEMO_SCALE_RANGE = (1.0, 16.0)  # the demo phantom has 80 slices; x16 leaves 5
+
+
+def _numbers(count: tuple[int, ...] = (1, 3), integer: bool = False,
+             bounds: tuple[float, float] = SCALE_RANGE):
+    """argparse type: ``V`` or ``VX,VY,VZ`` (``count`` values), finite, > 0 and within
+    ``bounds``; the message is prefixed with the option's name by :class:`_Parser`."""
     def parse(text: str) -> list[float]:
         try:
             values = [float(v) for v in text.split(",")]
@@ -44,6 +77,9 @@ def _numbers(count: tuple[int, ...] = (1, 3), integer: bool = False):
                 f"got '{text}'")
         if any(not (math.isfinite(v) and v > 0) for v in values):
             raise argparse.ArgumentTypeError(f"must be finite and > 0, got '{text}'")
+        if any(not bounds[0] <= v <= bounds[1] for v in values):
+            raise argparse.ArgumentTypeError(f"must be between {bounds[0]:g} and "
+                                             f"{bounds[1]:g}, got '{text}'")
         if integer and any(v != int(v) for v in values):
             raise argparse.ArgumentTypeError(f"must be whole numbers of voxels, got '{text}'")
         return values
@@ -53,14 +89,59 @@ def _numbers(count: tuple[int, ...] = (1, 3), integer: bool = False):
 _parse_scale = _numbers()
 
 
-def _positive_int(text: str) -> int:
+def _number_in(low: float, high: float):
+    """argparse type: one number within ``[low, high]``."""
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = math.nan
+        if not (math.isfinite(value) and low <= value <= high):
+            raise argparse.ArgumentTypeError(f"must be a number between {low:g} and {high:g}, "
+                                             f"got '{text}'")
+        return value
+    return parse
+
+
+def _integer_in(low: int, high: int):
+    """argparse type: one whole number within ``[low, high]``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be a whole number from {low} to {high}, "
+                                             f"got '{text}'")
+        return value
+    return parse
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive number, got '{text}'")
+    return value
+
+
+def _positive_int(text: str, high: int = THREADS_RANGE[1]) -> int:
     try:
         value = int(text)
     except ValueError:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got '{text}'")
+    if value > high:
+        raise argparse.ArgumentTypeError(f"must be a positive integer of at most {high}, "
+                                         f"got '{text}'")
     return value
+
+
+def _tile(text: str) -> int:
+    return _positive_int(text, TILE_RANGE[1])
 
 
 class _Parser(argparse.ArgumentParser):
@@ -90,7 +171,10 @@ def _signals_as_interrupts() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    signals = (signal.SIGINT, signal.SIGTERM)
+    # SIGTERM first: a SIGINT that comes before its own handler still raises
+    # KeyboardInterrupt, which main() reports, while an early SIGTERM would end the process
+    # without a word.
+    signals = (signal.SIGTERM, signal.SIGINT)
 
     def handler(signum, frame):
         for s in signals:
@@ -186,7 +270,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         if folder.is_dir():
             _sweep(folder)
     run = evaluation.run(args.config, overrides=_overrides(args.set), output=args.output,
-                         show_progress=not args.quiet, before=sweep)
+                         show_progress=not args.quiet, before=sweep, precision=args.precision,
+                         overwrite=args.overwrite)
     print(Path(run.paths["table"]).read_text())
     print(f"wrote {', '.join(str(p) for p in run.paths.values())}")
     return 0
@@ -206,6 +291,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_train_config(args.config, _overrides(args.set))
     if args.output:
         cfg.output = args.output
+    if args.precision:
+        cfg.run.precision, cfg.run.amp = args.precision, True
+    if args.session_minutes:
+        cfg.run.session_minutes = args.session_minutes
     check_run_folder(cfg.output, args.resume, args.overwrite)
     if os.environ.get("RANK", "0") == "0" and Path(cfg.output).is_dir():
         _sweep(cfg.output)
@@ -218,13 +307,24 @@ def cmd_train(args: argparse.Namespace) -> int:
                   show_progress=not args.quiet, validator=validator)
     if final is not None:
         print(f"wrote {final}")
+    elif os.environ.get("RANK", "0") == "0":
+        again = " ".join(shlex.quote(a) for a in [
+            args.config, *(["-o", args.output] if args.output else []),
+            *(f"--set={item}" for item in args.set or []),
+            *(["--precision", args.precision] if args.precision else []),
+            *(["--session-minutes", f"{args.session_minutes:g}"] if args.session_minutes
+              else [])])
+        print(f"stopped after this invocation's {cfg.run.session_minutes:g} minutes with "
+              f"{Path(cfg.output) / 'last.pt'}; continue with: mrisr train {again} "
+              "--resume auto")
     return 0
 
 
 def _batch_summary(summary) -> int:
     """Print a :class:`~mrisr.inference.batch.BatchSummary`; the exit status of the batch."""
-    print(f"mrisr: batch summary: {len(summary.written)} written, {len(summary.failed)} "
-          "failed", file=sys.stderr)
+    skipped = f", {len(summary.skipped)} skipped (written before)" if summary.skipped else ""
+    print(f"mrisr: batch summary: {len(summary.written)} written{skipped}, "
+          f"{len(summary.failed)} failed", file=sys.stderr)
     for out in summary.written:
         print(f"  written: {out}", file=sys.stderr)
     for _, reason in summary.failed:
@@ -234,22 +334,40 @@ def _batch_summary(summary) -> int:
 
 def _add_switch(parser: argparse.ArgumentParser, name: str, help: str, off_help: str) -> None:
     """``--NAME`` (``on``) and ``--no-NAME`` (``off``) of an option whose default is ``auto``."""
-    parser.add_argument(f"--{name}", action="store_const", const="on", default="auto",
-                        help=help)
-    parser.add_argument(f"--no-{name}", dest=name, action="store_const", const="off",
-                        help=off_help)
+    both = parser.add_mutually_exclusive_group()  # --X --no-X together is refused
+    both.add_argument(f"--{name}", action="store_const", const="on", default="auto",
+                      help=help)
+    both.add_argument(f"--no-{name}", dest=name, action="store_const", const="off",
+                      help=off_help)
 
 
 def _adapt_steps(text: str):
-    if text == "auto":
+    # argparse passes a bare --adapt's const ("default") through this type as well.
+    if text in ("auto", "default"):
         return text
     try:
         steps = int(text)
     except ValueError:
         steps = -1
     if steps < 0:
-        raise argparse.ArgumentTypeError(f"steps must be a whole number >= 0, got '{text}'")
+        raise argparse.ArgumentTypeError(f"steps must be a whole number >= 0 (e.g. --adapt 40; "
+                                         f"0: never), got '{text}'")
+    if steps > ADAPT_STEPS_RANGE[1]:
+        raise argparse.ArgumentTypeError(f"steps must be at most {ADAPT_STEPS_RANGE[1]}, "
+                                         f"got '{text}'")
     return steps
+
+
+def _shard(text: str) -> str:
+    """argparse type of --shard: ``K/N`` checked here, ``slurm`` read when the batch is made."""
+    from mrisr.inference.batch import resolve_shard
+
+    if text.strip().lower() != "slurm":
+        try:
+            resolve_shard(text)
+        except InputError as exc:
+            raise argparse.ArgumentTypeError(str(exc).removeprefix("--shard: ")) from None
+    return text
 
 
 def cmd_upscale(args: argparse.Namespace) -> int:
@@ -260,10 +378,26 @@ def cmd_upscale(args: argparse.Namespace) -> int:
     # (UpscaleBatch): arguments (by the parser), names of the batch, the model's name, each
     # output and the headers of the inputs. In a batch a failed input is reported and the
     # others go on.
+    bids = None
+    if args.bids:
+        bids = {"suffixes": (args.suffix or "T2w").split(","),
+                "ref_suffix": args.ref_suffix}
+    else:
+        for given, option in ((args.suffix, "--suffix"), (args.ref_suffix, "--ref-suffix")):
+            if given is not None:
+                raise InputError(f"{option}: applies to BIDS datasets only; add --bids (with "
+                                 f"the dataset's root as the target) or drop {option}")
     batch = UpscaleBatch(args.target, args.output, args.ref, model=args.model,
                          overwrite=args.overwrite, fail_fast=args.fail_fast,
                          on_error=lambda job, exc: print(f"mrisr: error: {exc}",
-                                                         file=sys.stderr))
+                                                         file=sys.stderr),
+                         bids=bids, shard=args.shard)
+    if batch.shard is not None:
+        print(f"mrisr: part {batch.shard[0]} of {batch.shard[1]}: {len(batch.jobs)} of the "
+              f"batch's {batch.planned} input(s)", file=sys.stderr)
+    if batch.skipped:
+        print(f"mrisr: {len(batch.skipped)} output(s) exist from an earlier run, skipped "
+              "(--overwrite to write them again)", file=sys.stderr)
     for folder in batch.output_folders:
         _sweep(folder)
     size = {"scale": None, "voxel_size": None, "shape": None}
@@ -286,10 +420,12 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             on_error=lambda job, exc: bar.write(f"mrisr: error: {exc}", file=sys.stderr),
             on_written=lambda job: bar.write(f"wrote {job.output}"),
             memmap=args.memmap, device=args.device, plane=args.plane, tile=args.tile,
-            amp=args.amp, register=args.register, consistency=args.consistency,
-            calibrate=args.calibrate, **size)
+            precision=args.precision, register=args.register, consistency=args.consistency,
+            calibrate=args.calibrate, qc=args.qc, **size)
     finally:
         bar.close()
+    if summary.report is not None:
+        print(f"wrote {summary.report}")
     return _batch_summary(summary) if summary.batch else 0
 
 
@@ -301,41 +437,55 @@ def _check_degrade_scales(scales: list[float], shape: Sequence[int], allow_upsam
     for axis, (n, s) in enumerate(zip(shape, scales)):
         kept = max(1, int(round(n / s)))  # mrisr.grid.downscaled_shape
         if s > 1 and kept < 2:
-            raise InputError(f"--scale: {s:g} leaves {kept} voxel of {n} along axis {axis}; at "
-                             f"most {n / 1.5:.4g} keeps two")
+            raise InputError(f"--scale: {s:g} leaves {kept} voxel of {n} along axis {axis}; "
+                             f"give a scale of at most {n / 1.5:.4g} there (two voxels kept)")
 
 
 def cmd_degrade(args: argparse.Namespace) -> int:
-    from mrisr.io import check_output_path
-    from mrisr.io.atomic import output_lock
-    from mrisr.io.nifti import check_nifti_header, is_nifti_path
+    from mrisr.io.atomic import output_locks
+    from mrisr.io.dwi import b_table_files, companion_paths, series_b_tables
+    from mrisr.io.nifti import check_nifti_header, check_output_files
 
-    out = check_output_path(args.output, overwrite=args.overwrite, inputs=(args.input,))
-    if not is_nifti_path(out):
-        raise InputError(f"{out}: output must end in .nii or .nii.gz")
     shape = check_nifti_header(args.input)
+    n_volumes = shape[3] if len(shape) > 3 else 1
+    # A series' b-tables go with it, as outputs like the image: checked before any work.
+    tables = {ext: src for ext, src in zip((".bval", ".bvec"), b_table_files(args.input))
+              if src is not None and n_volumes > 1}
+    companions = check_output_files(args.output, tuple(tables), overwrite=args.overwrite,
+                                    inputs=(args.input,))
+    out = Path(args.output)
+    if n_volumes > 1:
+        series_b_tables(args.input, n_volumes)
+        if ".bval" not in tables:
+            copied = "only its .bvec is copied" if tables else "no .bval/.bvec is written"
+            warnings.warn(MrisrWarning(f"{args.input}: 4D series without "
+                                       f"{companion_paths(args.input)[0].name} beside it: "
+                                       f"b-values unknown, so {copied}"))
     scales = list(args.scale) * 3 if len(args.scale) == 1 else list(args.scale)
     _check_degrade_scales(scales, shape[:3], args.allow_upsampling)
     _sweep(out.parent)
 
     import shutil
 
+    import nibabel as nib
+
     from mrisr.degradation import degrade_volume
     from mrisr.grid import voxel_sizes
-    from mrisr.io import load_nifti, save_nifti
-    from mrisr.io.atomic import atomic_path
-    from mrisr.io.dwi import companion_paths
+    from mrisr.io import load_nifti
+    from mrisr.io.atomic import atomic_paths
+    from mrisr.io.nifti import check_magnitude, make_nifti
 
-    with output_lock(out):
+    with output_locks([out, *companions]):
         vol = load_nifti(args.input, ndim=(3, 4))
+        note = check_magnitude(vol.data, args.input)
+        if note:
+            warnings.warn(MrisrWarning(note))
         lr, affine = degrade_volume(vol.data, vol.affine, scales, kind=args.kind)
         try:
-            save_nifti(lr, affine, out, template=vol.header, replace=args.overwrite)
-            if lr.ndim == 4:  # a series: its b-values and directions go with it
-                for src, dst in zip(companion_paths(args.input), companion_paths(out)):
-                    if src.exists():
-                        with atomic_path(dst) as tmp:
-                            shutil.copyfile(src, tmp)
+            with atomic_paths([out, *companions], replace=args.overwrite) as (tmp, *copies):
+                nib.save(make_nifti(lr, affine, vol.header), str(tmp))
+                for path, copy in zip(companions, copies):
+                    shutil.copyfile(tables[path.suffix], copy)
         except OSError as exc:
             raise InputError(f"{exc.filename or out}: {exc.strerror or exc}") from None
     sizes = ", ".join(f"{z:.4g}" for z in voxel_sizes(affine))
@@ -359,13 +509,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from mrisr.demo import run_demo
     from mrisr.progress import progress
 
-    bar = progress(total=0, desc="demo", unit="slice", disable=args.quiet)
+    # Shown after a second (as upscale's): a demo that fails at once prints its error alone.
+    bar = progress(total=0, desc="demo", unit="slice", disable=args.quiet, delay=1.0)
 
     def grow(n: int) -> None:
-        bar.total += n
-        bar.refresh()
+        bar.total += n  # shown at the next update (a refresh would show the bar now)
     try:
         result = run_demo(args.output, scale=args.scale, device=args.device,
+                          overwrite=args.overwrite,
                           progress=bar.update, on_start=grow, log=bar.write, case=args.case)
     finally:
         bar.close()
@@ -389,6 +540,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 def cmd_info(args: argparse.Namespace) -> int:
     from mrisr.cli.catalog import METHODS, PROTOCOLS, degradations
 
+    from mrisr import __version__
+
     print(f"mrisr {__version__}")
     print("methods:      " + ", ".join(METHODS))
     print("degradations: " + ", ".join(degradations()))
@@ -402,6 +555,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="mrisr", description="Arbitrary-scale MRI super-resolution with implicit neural "
         "representations.")
+    from mrisr import __version__
+
     parser.add_argument("--version", action="version", version=f"mrisr {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -413,6 +568,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", help="output folder (default: the config's 'output')")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a config value, e.g. --set dataset.split=train")
+    p.add_argument("--overwrite", action="store_true", help="replace the report files of an "
+                   "earlier run in the output folder")
+    p.add_argument("--precision", choices=PRECISIONS, help="arithmetic of every evaluated "
+                   "network (default: each method's args.precision, else auto = bf16 where the "
+                   "device has fast bf16 units)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
 
@@ -426,6 +586,12 @@ def build_parser() -> argparse.ArgumentParser:
     again.add_argument("--overwrite", action="store_true", help="start over in a run folder "
                        "that holds a run (its log.csv and checkpoints are replaced)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a setting")
+    p.add_argument("--precision", choices=PRECISIONS, help="arithmetic of the forward pass "
+                   "(default: the config's run.precision, auto = bf16 where the device has "
+                   "fast bf16 units)")
+    p.add_argument("--session-minutes", type=_positive_float, metavar="MIN",
+                   help="stop cleanly after MIN minutes of this invocation, keeping last.pt; "
+                   "continue later (on any machine) with --resume auto")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train)
 
@@ -436,9 +602,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ref", help="reference contrast (any resolution, orientation and FOV)")
     size = p.add_mutually_exclusive_group(required=True)
     size.add_argument("--scale", type=_parse_scale, help="upscaling factor S or SX,SY,SZ")
-    size.add_argument("--voxel-size", type=_numbers(), help="output voxel size V or VX,VY,VZ "
-                      "(mm; the FOV is kept, so the achieved size is FOV / round(FOV / V))")
-    size.add_argument("--shape", type=_numbers((3,), integer=True),
+    size.add_argument("--voxel-size", type=_numbers(bounds=VOXEL_SIZE_RANGE),
+                      help="output voxel size V or VX,VY,VZ (mm, whatever the unit of the "
+                      "file's header; the FOV is kept, so the achieved size is "
+                      "FOV / round(FOV / V))")
+    size.add_argument("--shape", type=_numbers((3,), integer=True, bounds=SHAPE_RANGE),
                       help="output shape NX,NY,NZ")
     p.add_argument("-o", "--output", required=True, help="output NIfTI (a folder for batches)")
     p.add_argument("--model", help="preset with shipped weights, checkpoint path, or an "
@@ -452,12 +620,17 @@ def build_parser() -> argparse.ArgumentParser:
                    "acquisition plane for in-plane upscaling)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     p.add_argument("--threads", type=_positive_int, help="CPU threads")
-    p.add_argument("--tile", type=_positive_int, default=256, help="output tile size in "
+    p.add_argument("--tile", type=_tile, default=256, help="output tile size in "
                    "voxels of 2D models (bounded memory; results equal the untiled ones); 3D "
                    "models tile their encoder and decode in chunks of points by themselves")
     p.add_argument("--memmap", action="store_true", help="keep the output array on disk "
                    "(memory-mapped) instead of in memory")
-    p.add_argument("--amp", action="store_true", help="bfloat16 autocast on CUDA")
+    p.add_argument("--precision", choices=PRECISIONS, default="auto",
+                   help="arithmetic of the network: auto (default: bf16 where the device has "
+                   "fast bf16 units, i.e. CUDA or a CPU with AVX-512 BF16 / AMX; fp32 "
+                   "elsewhere), fp32 or bf16; recorded in the sidecar")
+    p.add_argument("--amp", dest="precision", action="store_const", const="bf16",
+                   help=argparse.SUPPRESS)  # the older spelling of --precision bf16
     _add_switch(p, "register",
                 help="rigidly register --ref (mutual information; needs dipy) to the input "
                      "(2D models; references from another series, whose headers may be off by a "
@@ -489,6 +662,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "100 steps for 3D models; 0: never. Without --adapt (auto): a 2D model "
                    "adapts (40 steps) when the registration had to move --ref, i.e. a "
                    "reference from another series, and not otherwise")
+    p.add_argument("--qc", action="store_true", help="also write <output>_qc.png: three planes "
+                   "through the input (nearest), cubic interpolation, the output and the "
+                   "reference on one window; a batch also writes qc.html in the output folder")
+    p.add_argument("--bids", action="store_true", help="the target is the root of a BIDS "
+                   "dataset: upscale its --suffix images, each with the --ref-suffix image of "
+                   "its subject and session, into BIDS derivatives under -o (outputs that "
+                   "exist are skipped); needs the 'bids' extra")
+    p.add_argument("--suffix", metavar="LIST", help="with --bids: comma-separated suffixes "
+                   "to upscale (default T2w), e.g. T2w,FLAIR")
+    p.add_argument("--ref-suffix", metavar="SUFFIX", help="with --bids: the suffix of each "
+                   "target's reference in the same subject and session, e.g. T1w")
+    p.add_argument("--shard", metavar="K/N", type=_shard,
+                   help="upscale only part K of N of the batch (every N-th input from the "
+                   "K-th; N runs with K = 1..N write exactly one run's outputs), or 'slurm': "
+                   "the part of this SLURM array task")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     p.add_argument("--fail-fast", action="store_true", help="batches: stop at the first input "
                    "that fails (default: go on with the others, then list what was written and "
@@ -511,7 +699,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("phantom", help="write the embedded multi-contrast and diffusion phantom "
                        "as NIfTI files")
     p.add_argument("-o", "--output", required=True, help="output folder (created)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_integer_in(*SEED_RANGE), default=0)
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_phantom)
 
@@ -522,9 +710,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--case", default="thick", choices=["thick", "inplane"],
                    help="thick: the T2w averaged into thick slices and upscaled through-plane "
                    "(default); inplane: k-space crop in-plane")
-    p.add_argument("--scale", type=float, default=4.0, help="slice-thickness (thick) or "
+    p.add_argument("--scale", type=_number_in(*DEMO_SCALE_RANGE), default=4.0,
+                   help="slice-thickness (thick) or "
                    "in-plane factor (default 4)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    p.add_argument("--overwrite", action="store_true", help="replace the files of an earlier "
+                   "demo in the output folder")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo)
 
@@ -537,23 +728,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    # Signals are handled from the first statement: Ctrl-C or SIGTERM while the command starts
+    # (the parser's imports take a fraction of a second) also ends with one line and its exit
+    # status, not a traceback or a silent death.
+    try:
+        with _signals_as_interrupts():
+            return _run(argv)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: temporaries removed on the way
+        print("mrisr: interrupted", file=sys.stderr)
+        return 128 + getattr(exc, "signum", signal.SIGINT)
+
+
+def _run(argv: Optional[Sequence[str]]) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    with _signals_as_interrupts(), _warnings_as_lines(), _library_logs_to_stderr():
+    with _warnings_as_lines(), _library_logs_to_stderr():
         try:
             return args.func(args)
         except MrisrError as exc:
             print(f"mrisr: error: {exc}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM: temporaries removed on the way
-            print("mrisr: interrupted", file=sys.stderr)
-            return 128 + getattr(exc, "signum", signal.SIGINT)
         except MemoryError:
-            print("mrisr: error: out of memory (try --memmap, a smaller output or fewer "
-                  "threads)", file=sys.stderr)
+            hint = "try --memmap, a smaller output or fewer threads" if \
+                args.command == "upscale" else "the config's sizes (data shape, batch, patch) " \
+                "ask for more than this machine has"
+            print(f"mrisr: error: out of memory ({hint})", file=sys.stderr)
             return 2
         except OSError as exc:  # the system refused something not checked beforehand
             where = f"{exc.filename}: " if exc.filename else ""

@@ -29,7 +29,7 @@ class DatasetSpec:
         intensities drawn with it (:func:`mrisr.data.synthetic.random_contrast`), for subjects
         with one contrast only (e.g. a whole head with skull); ``None``: the files' reference.
     register_reference: refine the header alignment of each subject's reference to its target
-        with a rigid mutual-information registration (:func:`mrisr.data.dwi.register_rigid`,
+        with a rigid mutual-information registration (:func:`mrisr.data.registration.register_rigid`,
         needs dipy) before resampling it onto the target grid, as ``mrisr upscale --register``
         does with a 2D model; for files from separate series (IXI's T1 and T2 differ by 1.2 mm).
     """
@@ -94,12 +94,10 @@ def load_subject(subject: Subject, use_reference: bool = True,
         ref_vol = load_nifti(subject.reference)
         ref_affine = np.asarray(ref_vol.affine, dtype=np.float64)
         if register_reference:
-            from mrisr.data.dwi import register_rigid
+            from mrisr.data.registration import corrected, register_rigid
 
-            # Reading the reference at transform @ p is reading it through inv(T) @ affine.
-            transform = register_rigid(ref_vol, target.data, target.affine,
-                                       match_acquisition=True)
-            ref_affine = np.linalg.solve(transform, ref_affine)
+            ref_affine = corrected(ref_vol, register_rigid(ref_vol, target.data, target.affine,
+                                                           match_acquisition=True)).affine
         same_grid = ref_vol.data.shape == target.data.shape and \
             np.allclose(ref_affine, target.affine, atol=1e-4)
         if same_grid:

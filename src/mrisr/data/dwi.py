@@ -7,8 +7,8 @@ recipe (CSR-dMRI Sec. 3.1): keep the b=1000 volumes and divide them by the mean 
 volumes, so every voxel holds the attenuation ``S_b / S_0`` in about ``[0, 1]``; put the T1w
 image onto the DWI grid.
 
-dipy is only needed for the optional rigid registration and the ``median_otsu`` mask; it is
-imported when used.
+dipy is only needed for the optional rigid registration (:mod:`mrisr.data.registration`) and
+the ``median_otsu`` mask; it is imported when used.
 """
 from __future__ import annotations
 
@@ -21,9 +21,8 @@ import numpy as np
 from scipy import ndimage
 
 from mrisr.data.intensity import robust_max
-from mrisr.degradation import spline_resize
 from mrisr.errors import InputError
-from mrisr.grid import resample_affine, shape_for_voxel_size, voxel_sizes
+from mrisr.grid import voxel_sizes
 from mrisr.io.dwi import companion_paths, read_bval_bvec
 from mrisr.io.nifti import Volume, load_nifti
 from mrisr.resample import resample_to_grid
@@ -32,7 +31,7 @@ if TYPE_CHECKING:
     from mrisr.data.phantom import DwiPhantom
 
 __all__ = ["DwiSubject", "PlacedImage", "b0_indices", "select_shell", "normalise_by_b0",
-           "denormalise", "attenuation_level", "acquire_like", "register_rigid", "place_t1_on_dwi_grid",
+           "denormalise", "attenuation_level", "place_t1_on_dwi_grid",
            "brain_mask", "scale_t1", "load_dwi_subject", "phantom_dwi_subject",
            "simulate_shells"]
 
@@ -181,71 +180,6 @@ class PlacedImage(NamedTuple):
     transform: np.ndarray
 
 
-def acquire_like(moving: Volume, static_shape: Sequence[int], static_affine: np.ndarray
-                 ) -> np.ndarray:
-    """``moving`` as the static grid would have measured it: resampled (through the headers,
-    linearly) onto that grid subdivided into sub-voxels no larger than the moving image's
-    smallest voxel, then averaged over each static voxel (a box point-spread function of the
-    static voxel size, e.g. a thick slice). Returns float32 ``static_shape``."""
-    static_shape = tuple(int(n) for n in static_shape[:3])
-    finest = float(voxel_sizes(moving.affine).min())
-    sub = [max(1, int(np.ceil(v / finest - 1e-6))) for v in voxel_sizes(static_affine)]
-    fine_shape = tuple(n * k for n, k in zip(static_shape, sub))
-    fine_affine = resample_affine(static_affine, static_shape, fine_shape)
-    fine, _ = resample_to_grid(np.asarray(moving.data, dtype=np.float32), moving.affine,
-                               fine_affine, fine_shape, order=1, name=str(moving.path),
-                               min_overlap=0.0)
-    blocks = fine.reshape(static_shape[0], sub[0], static_shape[1], sub[1], static_shape[2],
-                          sub[2])
-    return blocks.mean(axis=(1, 3, 5)).astype(np.float32)
-
-
-def register_rigid(moving: Volume, static: np.ndarray, static_affine: np.ndarray,
-                   pipeline: Sequence[str] = ("translation", "rigid"),
-                   match_acquisition: bool = False) -> np.ndarray:
-    """World-to-world rigid map ``(4, 4)`` (static world -> moving world) by mutual information
-    (dipy), e.g. a T1w (``moving``) to the mean b=0 (``static`` on the grid ``static_affine``).
-
-    ``pipeline``: dipy stages. The default starts from the header alignment, which is close for
-    images of one session; ``center_of_mass`` would be pulled away by the neck and face of a T1
-    that the EPI does not cover.
-    ``match_acquisition``: register :func:`acquire_like` of the moving image (the static
-    grid's voxel averaging applied to it) instead of an isotropic copy at about the static
-    resolution: for a low-resolution or thick-slice static image, whose partial volume an
-    isotropic copy lacks and which then pulls the estimate off (on already aligned brats18
-    thick slices by enough to cost 1-1.6 dB downstream)."""
-    try:
-        from dipy.align import affine_registration
-    except ImportError:
-        raise InputError("registration needs dipy (pip install dipy)") from None
-    if match_acquisition:
-        small = acquire_like(moving, static.shape, static_affine)
-        small_affine = np.asarray(static_affine, dtype=np.float64)
-    else:
-        # Register a copy of the moving image at about the static resolution: full-resolution
-        # MI on a 1 mm T1 costs minutes and adds nothing at 2 mm. Isotropic, because the two
-        # grids' axes need not correspond (sagittal T1, axial EPI).
-        size = max(float(np.mean(voxel_sizes(static_affine))),
-                   float(voxel_sizes(moving.affine).max()))
-        shape = shape_for_voxel_size(moving.data.shape, moving.affine, size)
-        small = spline_resize(moving.data, shape, order=1, antialias=True)
-        small_affine = resample_affine(moving.affine, moving.data.shape, shape)
-    # Sparse MI sampling (20 % of the voxels) is ~6x faster than dense sampling and agrees with
-    # it to ~0.2 mm on 2 mm data; dipy jitters the samples with numpy's global generator, which
-    # is seeded here (and restored) so that a subject always gets the same transform.
-    state = np.random.get_state()
-    np.random.seed(0)
-    try:
-        _, transform = affine_registration(
-            small.astype(np.float64), np.asarray(static, dtype=np.float64),
-            moving_affine=small_affine, static_affine=static_affine, pipeline=list(pipeline),
-            metric="MI", nbins=32, sampling_proportion=0.2, level_iters=[200, 100],
-            sigmas=[1.0, 0.0], factors=[2, 1])
-    finally:
-        np.random.set_state(state)
-    return np.asarray(transform, dtype=np.float64)
-
-
 def place_t1_on_dwi_grid(t1: Volume, dwi_affine: np.ndarray, dwi_shape: Sequence[int],
                          register: bool = False, static: Optional[np.ndarray] = None,
                          pipeline: Sequence[str] = ("translation", "rigid"),
@@ -257,10 +191,10 @@ def place_t1_on_dwi_grid(t1: Volume, dwi_affine: np.ndarray, dwi_shape: Sequence
         t1: the T1w image at its own resolution and orientation.
         dwi_affine, dwi_shape: the DWI grid (4x4, mm; the first three sizes are used).
         register: refine the header alignment with a rigid mutual-information registration
-            (:func:`register_rigid`) of the T1 to ``static``.
+            (:func:`mrisr.data.registration.register_rigid`) of the T1 to ``static``.
         static: image on the DWI grid to register to (e.g. the mean b=0); required with
             ``register``.
-        pipeline: dipy stages (see :func:`register_rigid`).
+        pipeline: dipy stages (see :func:`mrisr.data.registration.register_rigid`).
         transform: a world-to-world map already found (e.g. by registering to the mean b=0 on
             another grid of the same field of view); ``register`` must then be false.
         antialias: Gaussian pre-filter when the DWI grid is coarser than the T1 (without it a
@@ -278,6 +212,8 @@ def place_t1_on_dwi_grid(t1: Volume, dwi_affine: np.ndarray, dwi_shape: Sequence
     if register:
         if static is None or tuple(static.shape[:3]) != shape:
             raise InputError(f"registration needs a static image of the DWI grid shape {shape}")
+        from mrisr.data.registration import register_rigid
+
         transform = register_rigid(t1, static, dwi_affine, pipeline)
     data = np.asarray(t1.data, dtype=np.float32)
     if antialias:

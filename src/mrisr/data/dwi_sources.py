@@ -48,8 +48,9 @@ class DwiSourceConfig:
         its b-value, instead of the ``bvalue`` shell: series of different shells (and
         multi-shell series) train one model. The b=0 volumes, interleaved or not, are averaged
         into the mean b=0 as always.
-    holdout: leave-one-scanner-out. The ``name`` (:class:`DwiFiles`) of one subject: training
-        skips it, and an evaluation scores only it (use ``region: whole``); ``null``: none.
+    holdout: held-out scanners. The ``name`` (:class:`DwiFiles`) of one subject, or several
+        names separated by commas (a fold of held-out scanners): training skips them, and an
+        evaluation scores only them (use ``region: whole``); ``null``: none.
     """
 
     kind: str = "phantom"
@@ -71,13 +72,18 @@ class DwiSourceConfig:
         """The ``bvalue`` argument of the loaders: ``None`` (every shell) with ``all_shells``."""
         return None if self.all_shells else self.bvalue
 
+    @property
+    def held_out(self) -> list[str]:
+        """The names in ``holdout``."""
+        return [] if self.holdout is None else [n.strip() for n in self.holdout.split(",")]
+
     def selected_subjects(self, training: bool) -> list[DwiFiles]:
-        """``subjects`` without the held-out one (``training``) or only it (evaluation); all of
-        them without ``holdout``."""
+        """``subjects`` without the held-out ones (``training``) or only them (evaluation);
+        all of them without ``holdout``."""
         if self.holdout is None:
             return list(self.subjects)
-        keep = [f for f in self.subjects if (f.label == self.holdout) != training]
-        return keep
+        held = set(self.held_out)
+        return [f for f in self.subjects if (f.label in held) != training]
 
     def validate(self, source: str) -> None:
         if self.kind not in ("phantom", "files"):
@@ -92,11 +98,12 @@ class DwiSourceConfig:
             raise ConfigError(f"{source}: dmri.subjects need unique names "
                               f"({', '.join(labels)})")
         if self.holdout is not None:
-            if self.kind != "files" or self.holdout not in labels:
-                raise ConfigError(f"{source}: dmri.holdout '{self.holdout}' is not a subject "
-                                  f"(names: {', '.join(labels) or 'none'})")
-            if len(self.subjects) < 2:
-                raise ConfigError(f"{source}: dmri.holdout needs at least two subjects")
+            unknown = [n for n in self.held_out if self.kind != "files" or n not in labels]
+            if unknown:
+                raise ConfigError(f"{source}: dmri.holdout '{', '.join(unknown)}' is not a "
+                                  f"subject (names: {', '.join(labels) or 'none'})")
+            if len(set(self.held_out)) >= len(self.subjects):
+                raise ConfigError(f"{source}: dmri.holdout leaves no subject to train on")
 
 
 def split_slab(shape, axis: int, fraction: float) -> tuple[tuple[slice, ...], tuple[slice, ...]]:

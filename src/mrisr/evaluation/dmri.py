@@ -48,7 +48,7 @@ from typing import Optional
 import numpy as np
 import yaml
 
-from mrisr.config import to_dict
+from mrisr.config import MAX_SCALE, is_scale, to_dict
 from mrisr.data.dwi_sources import DwiSourceConfig, load_dwi_subjects, split_slab
 from mrisr.degradation import degrade
 from mrisr.errors import ConfigError, InputError
@@ -70,7 +70,8 @@ REGIONS = ("holdout", "whole")
 PROTOCOLS = ("attenuation", "signal")
 #: Method names of the signal protocol that run a model through ``mrisr upscale``'s path.
 SERIES_METHODS = ("upscale", "model3d")
-SERIES_METHOD_ARGS = {"model", "adapt", "calibrate", "register", "t1", "device", "threads"}
+SERIES_METHOD_ARGS = {"model", "adapt", "calibrate", "register", "t1", "device", "threads",
+                      "precision"}
 CATEGORY_TAGS = {"in-distribution": "", "out-of-distribution": " (OOD)",
                  "non-integer": " (non-int.)"}
 #: Tensor-fidelity metrics: (row key, column title, display factor, decimals).
@@ -123,7 +124,8 @@ class DmriEvaluateConfig:
         ``adapt`` (test-time adaptation steps, 0: none), ``calibrate`` (the detail gain of
         ``mrisr upscale --calibrate``), ``register`` (T1w registration,
         default: as the model's training), ``t1`` (false: do not give the T1w, e.g. a model
-        trained with T1w dropout run as on a series without one), ``device``; a method that
+        trained with T1w dropout run as on a series without one), ``device``, ``precision``
+        (``auto``, ``fp32``, ``bf16``: :mod:`mrisr.precision`); a method that
         needs a T1w is skipped on a subject without one.
     degradation: ``signal`` protocol: ``bicubic`` (cubic B-spline downsampling of each volume,
         as benchmarks/dmri_series_upscale.py) or ``bicubic_aa`` (Gaussian filter first).
@@ -168,8 +170,9 @@ class DmriEvaluateConfig:
         if self.task != "dmri3d":
             raise ConfigError(f"{source}: task must be dmri3d for the diffusion evaluation, got "
                               f"'{self.task}'")
-        if not self.scales or any(s < 1.0 for s in self.scales):
-            raise ConfigError(f"{source}: scales must be a non-empty list of numbers >= 1")
+        if not self.scales or not all(is_scale(s) for s in self.scales):
+            raise ConfigError(f"{source}: scales must be a non-empty list of numbers from 1 "
+                              f"to {MAX_SCALE:g}")
         if len(set(scale_label(s) for s in self.scales)) != len(self.scales):
             raise ConfigError(f"{source}: scales must be distinct")
         lo_hi = self.in_distribution
@@ -426,6 +429,7 @@ class SeriesMethod:
         self.calibrate = args.get("calibrate", "off")
         self.register = args.get("register")
         self.device = args.get("device", "auto")
+        self.precision = args.get("precision", "auto")
         self.pack = load_upscale_model(str(name), has_reference=True, series=True)
         net = self.pack[0]
         self.is_3d = is_volume_model(net)
@@ -445,7 +449,8 @@ class SeriesMethod:
                  ) -> tuple[np.ndarray, dict]:
         """The volumes ``indices`` of the LR series upscaled to ``out_shape``:
         ``((X, Y, Z, len(indices)), info)`` (info: adaptation seconds and losses)."""
-        from mrisr.inference.upscale import calibrate_applies, upscale
+        from mrisr.inference.decisions import calibrate_applies
+        from mrisr.inference.upscale import upscale
         from mrisr.inference.volume3d import SeriesUpscaler3D
 
         net, desc = self.pack
@@ -457,7 +462,8 @@ class SeriesMethod:
                 out[..., k] = net(lr.data[..., v], out_shape)
         elif self.is_3d:
             runner = SeriesUpscaler3D(lr, ref, self.pack, out_shape, out_affine, bvals,
-                                      device=self.device, register=self.register)
+                                      device=self.device, register=self.register,
+                                      precision=self.precision)
             if self.adapt:
                 info["adapt"] = runner.adapt(self.adapt)
             if calibrate_applies(self.calibrate, False):
@@ -469,7 +475,7 @@ class SeriesMethod:
             for k, v in enumerate(indices):
                 result = upscale(Volume(lr.data[..., v], lr.affine), ref, shape=out_shape,
                                  loaded_model=pack, device=self.device, adapt=adapt,
-                                 calibrate=self.calibrate)
+                                 calibrate=self.calibrate, precision=self.precision)
                 out[..., k] = result.data
                 if result.adapted_model is not None:
                     # As mrisr upscale: a series is adapted once, on its first volume.
@@ -538,6 +544,7 @@ def evaluate_dmri_signal(cfg: DmriEvaluateConfig,
                     adapt = info.get("adapt") or {}
                     case_rows.append({**key, **scores, "seconds": seconds,
                                       "adapt_steps": adapt.get("steps", 0),
+                                      "adapt_used": adapt.get("used", "-"),
                                       "adapt_seconds": adapt.get("seconds", 0.0)})
                     if cfg.tensor:
                         sr_b0 = pred[..., [at[int(v)] for v in case.b0]].mean(axis=-1)
@@ -679,6 +686,11 @@ def directions_markdown(result: DmriEvaluationResult, digits: int = 2) -> str:
                          " | ".join(values) + " |")
         lines.append("")
     return "\n".join(lines)
+
+
+#: The files :func:`write_dmri_report` may write into its folder.
+DMRI_REPORT_FILES = ("cases.csv", "volumes.csv", "tensor.csv", "table.md", "directions.md",
+                     "summary.json", "config.yaml")
 
 
 def write_dmri_report(result: DmriEvaluationResult, out_dir: Path) -> dict[str, Path]:

@@ -15,6 +15,7 @@ import numpy as np
 from mrisr.data.datasets import DatasetSpec, SubjectVolumes, count_subjects, load_subjects
 from mrisr.data.selection import select_slices
 from mrisr.degradation import DEGRADATIONS, degrade
+from mrisr.config import MAX_SCALE, is_scale
 from mrisr.errors import ConfigError
 from mrisr.evaluation.methods import SRCase, SRMethod, make_method
 from mrisr.evaluation.metrics import PROTOCOLS, evaluate_case
@@ -98,9 +99,18 @@ class EvaluateConfig:
                               f"(known: {', '.join(PROTOCOLS)})")
         for s in self.scales:
             values = s if isinstance(s, list) else [s]
-            if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0
-                                 for v in values):
-                raise ConfigError(f"{source}: scales must be positive numbers, got {s!r}")
+            if not values or not all(is_scale(v) for v in values):
+                raise ConfigError(f"{source}: scales must be numbers from 1 to {MAX_SCALE:g} "
+                                  f"(or lists of them per axis), got {s!r}")
+        if not 0.0 <= self.min_brain_fraction <= 1.0:
+            raise ConfigError(f"{source}: min_brain_fraction must be between 0 and 1, got "
+                              f"{self.min_brain_fraction!r}")
+        for key in ("slice_step", "crop_multiple", "max_slices"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ConfigError(f"{source}: {key} must be a whole number >= 1, got {value!r}")
+        if self.crop_margin is not None and self.crop_margin < 0:
+            raise ConfigError(f"{source}: crop_margin must be >= 0, got {self.crop_margin!r}")
         for r in self.references:
             if r not in ("hr", "lr"):
                 try:
@@ -273,4 +283,9 @@ def evaluate(cfg: EvaluateConfig, methods: Optional[dict[str, SRMethod]] = None,
                     bar.update(1)
     finally:
         bar.close()
+    if not rows:  # an empty table with exit 0 would look like a result
+        raise ConfigError(f"dataset: no slice to evaluate in {n_subjects} subject(s): "
+                          f"min_brain_fraction {cfg.min_brain_fraction:g} (mode {cfg.mode}, "
+                          f"slice_axis {cfg.slice_axis}) keeps none; lower it or check the "
+                          "dataset's masks")
     return EvaluationResult(rows=rows, config=cfg, figure=figure)

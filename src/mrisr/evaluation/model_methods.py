@@ -18,6 +18,7 @@ from mrisr.evaluation.methods import SRCase, SRMethod, register_method
 from mrisr.inference.predict import predict_slice
 from mrisr.inference.volume3d import DEFAULT_CHUNK, DEFAULT_TILE, VolumeUpscaler, is_volume_model
 from mrisr.models.loading import load_model
+from mrisr.precision import resolve_precision
 
 __all__ = ["ModelMethod", "VolumeModelMethod"]
 
@@ -38,7 +39,8 @@ class ModelMethod(SRMethod):
     --register`` (``on``/``True``, ``off``/``False`` or ``auto``, the default of ``mrisr
     upscale``; slices: see ``dataset.register_reference``). calibrate: 3D cases, the detail
     gain of ``mrisr upscale --calibrate`` (``on``, ``off``, the default, or ``auto``, that of
-    ``mrisr upscale``; :mod:`mrisr.inference.calibration`).
+    ``mrisr upscale``; :mod:`mrisr.inference.calibration`). precision: the network's
+    arithmetic, ``auto`` (as ``mrisr upscale``), ``fp32`` or ``bf16`` (:mod:`mrisr.precision`).
     2D cases run through :func:`~mrisr.inference.predict.predict_slice`; 3D cases (``mode:
     volume``) through :func:`mrisr.inference.upscale.upscale`, exactly as ``mrisr upscale``
     runs a NIfTI volume.
@@ -47,10 +49,11 @@ class ModelMethod(SRMethod):
     def __init__(self, model: Union[str, nn.Module] = "dualarbnet_s", device: str = "auto",
                  input_kind: Optional[str] = None, threads: Optional[int] = None,
                  adapt: Union[int, str] = 0, consistency: str = "none", register="off",
-                 calibrate="off"):
+                 calibrate="off", precision: str = "auto"):
         if threads:
             torch.set_num_threads(threads)
         self.device = select_device(device)
+        self.precision = resolve_precision(precision, self.device)
         loaded = load_model(model, self.device)
         self.model = loaded.model
         # An nn.Module has no training config: its input kind comes from its channels.
@@ -59,7 +62,7 @@ class ModelMethod(SRMethod):
         # "auto" (mrisr upscale's default) is decided inside upscale(): 3D cases only.
         self.adapt = adapt if adapt == "auto" else int(adapt)
         self.consistency = consistency
-        from mrisr.inference.upscale import register_mode
+        from mrisr.inference.decisions import register_mode
         self.register = register_mode(register)
         self.calibrate = calibrate
         self.active = self.model
@@ -86,7 +89,7 @@ class ModelMethod(SRMethod):
         if case.lr.ndim == 3:
             return self._volume(case)
         out = predict_slice(self.active, case.lr, tuple(case.out_shape), case.reference,
-                            self.input_kind, self.device)
+                            self.input_kind, self.device, precision=self.precision)
         if self.consistency != "none":
             from mrisr.degradation.consistency import project
             out = project(out, np.abs(case.lr).astype(np.float32), self.consistency)
@@ -106,7 +109,8 @@ class ModelMethod(SRMethod):
         result = upscale(volume(case.lr, "input"), ref, shape=tuple(case.out_shape),
                          loaded_model=(self.model, desc), device=str(self.device),
                          consistency=self.consistency, adapt=self.adapt,
-                         register=self.register, calibrate=self.calibrate)
+                         register=self.register, calibrate=self.calibrate,
+                         precision=self.precision)
         if "adapt" in result.info:
             self.adapt_log.append(result.info["adapt"])
         return result.data
@@ -124,19 +128,19 @@ class VolumeModelMethod(SRMethod):
         model: a preset with shipped weights (``"csr_dmri_s"``), a checkpoint path, or an
             ``nn.Module``.
         device, threads: where it runs (``threads``: CPU threads for torch).
-        tile, chunk: see :class:`~mrisr.inference.volume3d.VolumeUpscaler`.
+        tile, chunk, precision: see :class:`~mrisr.inference.volume3d.VolumeUpscaler`.
     """
 
     def __init__(self, model: Union[str, nn.Module] = "csr_dmri_s", device: str = "auto",
                  threads: Optional[int] = None, tile: Optional[int] = DEFAULT_TILE,
-                 chunk: int = DEFAULT_CHUNK):
+                 chunk: int = DEFAULT_CHUNK, precision: str = "auto"):
         if threads:
             torch.set_num_threads(threads)
         net = load_model(model).model
         if not is_volume_model(net):
             raise InputError(f"method model3d: model '{model}' is 2D; evaluate it with method "
                              "'model'")
-        self.upscaler = VolumeUpscaler(net, select_device(device), tile, chunk)
+        self.upscaler = VolumeUpscaler(net, select_device(device), tile, chunk, precision)
         self.uses_reference = self.upscaler.uses_reference
 
     def __call__(self, case: SRCase) -> np.ndarray:

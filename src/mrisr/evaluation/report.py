@@ -152,6 +152,11 @@ def psnr_vs_scale_figure(result: EvaluationResult, path: Path) -> Optional[Path]
     return path
 
 
+#: The files :func:`write_report` may write into its folder.
+REPORT_FILES = ("cases.csv", "table.md", "summary.json", "config.yaml", "comparison.png",
+                "psnr_vs_scale.png")
+
+
 def write_report(result: EvaluationResult, out_dir: Path) -> dict[str, Path]:
     """Write ``cases.csv``, ``table.md``, ``summary.json``, ``config.yaml`` and the figures."""
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ from mrisr.inference.tiling import decode_tiled
 from mrisr.models.base import SRModel
 from mrisr.models.dual_arbnet import GridQuery
 from mrisr.models.query import grid_positions
+from mrisr.precision import autocast, resolve_precision
 
 
 def full_grid_query(lr_shape, out_shape, ref_shape=None, device=None) -> GridQuery:
@@ -36,8 +37,8 @@ def full_grid_query(lr_shape, out_shape, ref_shape=None, device=None) -> GridQue
 
 def predict_slice(model: SRModel, lr: np.ndarray, out_shape: tuple[int, int],
                   reference: Optional[np.ndarray] = None, input_kind: str = "magnitude",
-                  device: Optional[torch.device] = None, tile: Optional[int] = None
-                  ) -> np.ndarray:
+                  device: Optional[torch.device] = None, tile: Optional[int] = None,
+                  precision: str = "fp32") -> np.ndarray:
     """Super-resolve one 2D image ``lr`` (real or complex ``(h, w)``) to ``out_shape``.
 
     ``reference``: the reference contrast over the same FOV on its own grid (any resolution).
@@ -45,7 +46,7 @@ def predict_slice(model: SRModel, lr: np.ndarray, out_shape: tuple[int, int],
     equals the untiled one). Returns float32 magnitude ``out_shape``.
     """
     return predict_slices(model, [lr], out_shape, None if reference is None else [reference],
-                          input_kind, device, tile)[0]
+                          input_kind, device, tile, precision)[0]
 
 
 def _batch_item(encoded, b: int):
@@ -60,15 +61,17 @@ def _batch_item(encoded, b: int):
 
 def predict_slices(model: SRModel, lrs: list, out_shape: tuple[int, int],
                    references: Optional[list] = None, input_kind: str = "magnitude",
-                   device: Optional[torch.device] = None, tile: Optional[int] = None
-                   ) -> list:
+                   device: Optional[torch.device] = None, tile: Optional[int] = None,
+                   precision: str = "fp32") -> list:
     """:func:`predict_slice` of several images of one shape at once: the encoder runs on
     all of them in one batch (each normalised by its own robust maximum, as alone), then
-    each output is decoded. ``references``: one per image (all of one shape), or ``None``."""
+    each output is decoded. ``references``: one per image (all of one shape), or ``None``.
+    ``precision``: the network's arithmetic (:mod:`mrisr.precision`; the output is float32)."""
     device = device or next(model.parameters()).device
+    precision = resolve_precision(precision, device)
     model.eval()
     norms = [robust_max(lr) for lr in lrs]
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(device, precision):
         x = torch.from_numpy(np.stack([as_channels(lr / n, input_kind)
                                        for lr, n in zip(lrs, norms)])).to(device)
         ref_t, ref_shape = None, None

@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence
 
-import nibabel as nib
 import numpy as np
 
 from mrisr.errors import InputError
@@ -117,9 +116,11 @@ def is_series_file(path: str | os.PathLike) -> bool:
     """Whether a NIfTI file holds a 4D series of several volumes (reads the header only;
     ``False`` for unreadable files, which :func:`~mrisr.inference.upscale.upscale_file` then
     reports)."""
+    from mrisr.io.nifti import open_nifti
+
     try:
-        shape = nib.load(str(path)).shape
-    except Exception:  # nibabel raises many types for bad files; the real load reports them
+        shape = open_nifti(path).shape
+    except InputError:  # the real load reports it
         return False
     return len(shape) == 4 and shape[3] > 1
 
@@ -127,9 +128,9 @@ def is_series_file(path: str | os.PathLike) -> bool:
 def _not_found(name: str) -> InputError:
     from mrisr.models.registry import list_models
 
-    return InputError(f"{name}: model not found (a preset with weights: "
-                      f"{', '.join(list_models(pretrained=True))}; an interpolation: "
-                      f"{', '.join(INTERPOLATION_MODELS)}; or a checkpoint path)")
+    return InputError(f"{name}: model not found; give --model a preset with weights ("
+                      f"{', '.join(list_models(pretrained=True))}), an interpolation ("
+                      f"{', '.join(INTERPOLATION_MODELS)}) or the path of a checkpoint")
 
 
 def check_model_name(name: Optional[str]) -> None:
@@ -141,7 +142,8 @@ def check_model_name(name: Optional[str]) -> None:
         return
     if name in PRESETS:
         if not weights_path(name).exists():
-            raise InputError(f"model '{name}' has no shipped weights; give a checkpoint path")
+            raise InputError(f"model '{name}' has no shipped weights; give --model a "
+                             "checkpoint path (see 'mrisr models' for the shipped ones)")
         return
     if not Path(name).is_file():
         raise _not_found(name)
@@ -176,7 +178,8 @@ def load_upscale_model(name: Optional[str], has_reference: bool, series: bool = 
     registered = bool(dmri.get("register", False))
     t1_dropout = float(dmri.get("t1_dropout", 0.0) or 0.0)
     if loaded.uses_reference and not has_reference and not t1_dropout:
-        raise InputError(f"model '{name}' needs a reference image (--ref)")
+        raise InputError(f"model '{name}' needs a reference image: give one with --ref, or "
+                         "leave out --model for the default without a reference")
     return loaded.model, {"model": name, "architecture": loaded.metadata["model"],
                           "code_version": loaded.metadata.get("code_version"),
                           "input": loaded.input_kind, "t1_registered_in_training": registered,

@@ -48,21 +48,26 @@ from mrisr.degradation import spline_resize
 from mrisr.errors import InputError, MrisrWarning
 from mrisr.grid import (ScaleLike, as_scales, resample_affine, shape_for_voxel_size,
                         upscaled_shape, voxel_sizes)
+from mrisr.inference.coarsen import reduce_to_output
+from mrisr.inference.decisions import (Decision, Decisions, adaptation_outcome,
+                                       calibrate_applies, consistency_decision,
+                                       decide_adaptation, decide_calibration, decide_model,
+                                       is_thick_slice, register_flag_3d, register_mode,
+                                       register_reference, switch_mode)
 from mrisr.inference.predict import predict_slices
-from mrisr.inference.result import UpscaleResult, grid_info
+from mrisr.inference.result import QC_SUFFIX, UpscaleResult, grid_info, written_companions
 from mrisr.inference.selection import (DEFAULT_DMRI_MODEL, DEFAULT_DMRI_MODEL_NO_T1,
                                        INTERPOLATION_MODELS, VolumeInterpolation,
                                        default_model_name, is_series_file, load_upscale_model)
-from mrisr.inference.volume3d import SeriesUpscaler3D, is_volume_model, read_series_bvals
-from mrisr.io.nifti import Volume, load_nifti
+from mrisr.inference.volume3d import SeriesUpscaler3D, is_volume_model
+from mrisr.io.nifti import NIFTI1_MAX_DIM, Volume, load_nifti
 from mrisr.models.base import SRModel
+from mrisr.precision import resolve_precision
 
 __all__ = ["PLANES", "DEFAULT_TILE", "DEFAULT_SLICE_BATCH", "DEFAULT_CONSISTENCY", "output_grid",
            "choose_slice_axis", "reference_grid", "estimate_bytes", "available_memory",
            "check_resources", "SliceUpscaler", "check_consistency", "apply_consistency",
-           "upscale", "is_thick_slice", "register_reference", "register_mode", "REGISTER_MODES",
-           "SWITCH_MODES", "switch_mode", "calibrate_applies", "foreground_corners",
-           "adapt_steps", "check_adaptable", "adapt_to_input", "consistency_not_applied",
+           "upscale", "check_adaptable", "adapt_to_input", "consistency_not_applied",
            "sidecar_path", "upscale_file", "UpscaleResult", "grid_info", "load_model",
            # the model choice (mrisr.inference.selection), where older code finds it
            "DEFAULT_DMRI_MODEL", "DEFAULT_DMRI_MODEL_NO_T1", "INTERPOLATION_MODELS",
@@ -91,7 +96,11 @@ def output_grid(shape: Sequence[int], affine: np.ndarray, scale: Optional[ScaleL
     else:
         new = tuple(int(n) for n in out_shape)
         if len(new) != 3 or any(n < 1 for n in new):
-            raise InputError(f"--shape must be three positive integers, got {out_shape}")
+            raise InputError(f"--shape must be three positive integers, e.g. --shape "
+                             f"480,480,155; got {out_shape}")
+    if max(new) > NIFTI1_MAX_DIM:
+        raise InputError(f"output shape {new}: NIfTI-1 holds at most {NIFTI1_MAX_DIM} voxels "
+                         "along an axis; ask for a smaller scale or shape")
     return new, resample_affine(affine, shape, new)
 
 
@@ -170,13 +179,14 @@ class SliceUpscaler:
     """Applies a 2D model to the slices of a volume (see the module docstring)."""
 
     def __init__(self, model: SRModel, device: torch.device, input_kind: str = "magnitude",
-                 tile: Optional[int] = DEFAULT_TILE, amp: bool = False,
+                 tile: Optional[int] = DEFAULT_TILE, precision: str = "auto",
                  batch: int = DEFAULT_SLICE_BATCH):
         self.model = model.eval().to(device)
         self.device = device
         self.input_kind = input_kind
         self.tile = tile
-        self.amp = amp and device.type == "cuda"
+        #: ``fp32`` or ``bf16`` (``precision`` resolved for ``device``, :mod:`mrisr.precision`)
+        self.precision = resolve_precision(precision, device)
         self.uses_reference = model.uses_reference
         #: slices encoded together in one forward pass (each decoded on its own)
         self.batch = max(1, int(batch))
@@ -200,10 +210,9 @@ class SliceUpscaler:
             else:
                 todo.append(k)
         if todo:
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
-                outs = predict_slices(self.model, [lrs[k] for k in todo], out_shape,
-                                      [refs[k] for k in todo] if self.uses_reference else None,
-                                      self.input_kind, self.device, self.tile)
+            outs = predict_slices(self.model, [lrs[k] for k in todo], out_shape,
+                                  [refs[k] for k in todo] if self.uses_reference else None,
+                                  self.input_kind, self.device, self.tile, self.precision)
             for k, o in zip(todo, outs):
                 results[k] = o
         return results
@@ -271,142 +280,18 @@ def apply_consistency(data: np.ndarray, lr: np.ndarray, model: str) -> dict:
     return report
 
 
-def is_thick_slice(in_shape: Sequence[int], out_shape: Sequence[int]) -> bool:
-    """Whether upscaling ``in_shape`` to ``out_shape`` is a thick-slice job: one axis upscaled
-    >= 2x and >= 1.5x more than every other (:func:`mrisr.degradation.consistency.thick_axis`,
-    the rule of the ``auto`` projection)."""
-    from mrisr.degradation.consistency import thick_axis
-
-    return thick_axis([o / i for i, o in zip(in_shape, out_shape)]) is not None
-
-
-#: The values of an ``auto``/``on``/``off`` option (``register``, ``calibrate``).
-SWITCH_MODES = ("auto", "on", "off")
-#: ``register`` modes of 2D models: ``auto`` (the default) keeps the header placement unless
-#: the registration moves the input's foreground by more than one reference voxel.
-REGISTER_MODES = SWITCH_MODES
-
-
-def switch_mode(value, name: str) -> str:
-    """An ``auto``/``on``/``off`` option given as such, or ``None`` -> ``auto``, ``True`` ->
-    ``on``, ``False`` -> ``off``; ``name`` is the option's name in the error."""
-    if value is None:
-        return "auto"
-    if isinstance(value, bool):
-        return "on" if value else "off"
-    if value not in SWITCH_MODES:
-        raise InputError(f"{name} must be one of {', '.join(SWITCH_MODES)} or a bool, "
-                         f"got {value!r}")
-    return value
-
-
-def register_mode(register) -> str:
-    """``register`` of :func:`upscale` as one of :data:`REGISTER_MODES` for a 2D model."""
-    return switch_mode(register, "register")
-
-
-def calibrate_applies(calibrate, two_d_without_reference: bool) -> bool:
-    """Whether :func:`upscale` fits and applies the detail gain: ``"on"``/``True`` always,
-    ``"off"``/``False`` never; ``"auto"`` (the default) for a 2D model run without a reference,
-    where it raised brain-mask PSNR at x2 on every whole-volume test set (+0.11 dB brats,
-    +0.22 dB a whole head, +0.17 dB the phantom, 0 on IXI), but not with one, where it cost
-    0.39 dB in-domain (docs/BENCHMARKS.md, "The detail gain")."""
-    mode = switch_mode(calibrate, "calibrate")
-    return mode == "on" or (mode == "auto" and two_d_without_reference)
-
-
-def adapt_steps(adapt, registration: Optional[dict], two_d_with_reference: bool) -> int:
-    """Steps of test-time adaptation: ``adapt`` itself when it is a number; ``"auto"`` (the
-    default): :data:`~mrisr.training.adapt.DEFAULT_ADAPT_STEPS` for a 2D model whose reference
-    had to be moved by the registration (a reference from another series: on ixi002 the
-    adaptation then added +0.23 / +0.17 / +0.61 dB at x2 / x4 / x8, docs/BENCHMARKS.md), else 0
-    (on co-registered in-domain data it cost up to 1.3 dB)."""
-    if adapt != "auto":
-        return int(adapt)
-    from mrisr.training.adapt import DEFAULT_ADAPT_STEPS
-
-    moved = bool(registration and registration.get("applied"))
-    return DEFAULT_ADAPT_STEPS if two_d_with_reference and moved else 0
-
-
-def register_flag_3d(register) -> Optional[bool]:
-    """``register`` for a 3D model's T1w placement: ``None``/``"auto"`` (as the model was
-    trained), else on or off."""
-    mode = register_mode(register)
-    return None if mode == "auto" else mode == "on"
-
-
-def foreground_corners(image: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """World coordinates ``(4, 8)`` (homogeneous, mm) of the corners of the bounding box of
-    ``image``'s foreground (above a tenth of its 99th percentile; the whole grid if empty)."""
-    magnitude = np.abs(image)
-    peak = float(np.percentile(magnitude, 99)) if magnitude.size else 0.0
-    idx = np.argwhere(magnitude > 0.1 * peak) if peak > 0 else np.empty((0, 3), int)
-    lo, hi = ((idx.min(0), idx.max(0)) if len(idx)
-              else (np.zeros(3, int), np.asarray(magnitude.shape[:3]) - 1))
-    corners = np.array([[a[0], b[1], c[2], 1.0] for a in (lo, hi) for b in (lo, hi)
-                        for c in (lo, hi)], dtype=np.float64).T
-    return np.asarray(affine, dtype=np.float64) @ corners
-
-
-def register_reference(reference: Volume, static: np.ndarray, static_affine: np.ndarray,
-                       mode: str = "on") -> tuple[Volume, dict]:
-    """``reference`` with its affine corrected by a rigid mutual-information registration to
-    ``static`` (the input on its grid ``static_affine``; :func:`mrisr.data.dwi.register_rigid`),
-    and a description of the correction: the rigid map from the input's world to the place the
-    reference's header gives the same anatomy (``translation_mm``, ``rotation_deg``), how far it
-    moves the corners of the input's foreground (``moves_mm``) and whether it was ``applied``.
-
-    ``mode`` ``auto`` applies it only when it moves the foreground by more than one voxel of
-    the reference (its largest voxel size, ``threshold_mm``): the shipped models were trained
-    with the reference shifted by up to about one of its voxels, and on co-registered data the
-    estimate from a low-resolution input wanders by 0.2-0.5 mm, which costs more than it
-    corrects (docs/BENCHMARKS.md, "Registration")."""
-    from mrisr.data.dwi import register_rigid
-
-    static = np.abs(static).astype(np.float32)
-    if mode == "auto":
-        try:
-            import dipy.align  # noqa: F401
-        except ImportError:
-            return reference, {"mode": mode, "applied": False,
-                               "reason": "dipy not installed (pip install dipy)"}
-    try:
-        # A reference without overlap or contrast on the input's grid gives dipy 0/0.
-        with np.errstate(invalid="ignore", divide="ignore"):
-            transform = register_rigid(reference, static, static_affine, match_acquisition=True)
-    except (ValueError, np.linalg.LinAlgError):
-        transform = np.full((4, 4), np.nan)
-    if not np.isfinite(transform).all():
-        if mode == "on":
-            raise InputError(f"{reference.path}: registration to the input failed (no overlap "
-                             "or no contrast on the input's grid); try --no-register")
-        return reference, {"mode": mode, "applied": False,
-                           "reason": "registration failed (no overlap or no contrast)"}
-    corners = foreground_corners(static, static_affine)
-    moves = float(np.linalg.norm((transform - np.eye(4)) @ corners, axis=0).max())
-    threshold = float(voxel_sizes(reference.affine).max())
-    applied = mode == "on" or moves > threshold
-    cos = float(np.clip((np.trace(transform[:3, :3]) - 1) / 2, -1.0, 1.0))
-    info = {"mode": mode, "translation_mm": [round(float(t), 3) for t in transform[:3, 3]],
-            "rotation_deg": round(float(np.degrees(np.arccos(cos))), 3),
-            "moves_mm": round(moves, 3), "threshold_mm": round(threshold, 3),
-            "applied": bool(applied)}
-    if not applied:
-        return reference, info
-    # Reading the reference at transform @ p is reading it through inv(T) @ its affine.
-    moved = Volume(reference.data, np.linalg.solve(transform, reference.affine),
-                   reference.header, reference.path)
-    return moved, info
-
-
 def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, voxel_size=None,
             shape=None, model: Optional[str] = None, device: str = "auto",
-            plane: Optional[str] = None, tile: Optional[int] = DEFAULT_TILE, amp: bool = False,
-            out: Optional[np.ndarray] = None, progress: Optional[Callable[[int], None]] = None,
+            plane: Optional[str] = None, tile: Optional[int] = DEFAULT_TILE,
+            precision: str = "auto", out: Optional[np.ndarray] = None,
+            progress: Optional[Callable[[int], None]] = None,
             loaded_model=None, consistency: str = DEFAULT_CONSISTENCY,
             adapt="auto", register=None, calibrate="auto") -> UpscaleResult:
     """Super-resolve a 3D :class:`Volume` (see the module docstring for the conventions).
+
+    ``precision``: ``auto``, ``fp32`` or ``bf16``, the arithmetic of the network
+    (:mod:`mrisr.precision`; interpolation, registration, the projection and calibration stay
+    float32); recorded in ``info["precision"]``.
 
     ``consistency``: the data-consistency projection applied to the whole output of a 2D
     model (after any cubic remainder along the slice axis) with the input volume, one of
@@ -414,23 +299,30 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
     (:mod:`mrisr.degradation.consistency`); recorded in ``info["consistency"]``. Not applied
     to 3D models.
 
-    ``adapt``: fine-tune a copy of the model for that many steps on pairs made from the input
-    itself before upscaling (:mod:`mrisr.training.adapt`); the adapted model is returned in
-    ``adapted_model`` and described in ``info["adapt"]``. ``"auto"`` (the default):
-    :func:`adapt_steps` (a 2D model whose reference the registration moved, else none).
+    ``adapt``: fine-tune a copy of the model for up to that many steps on pairs made from the
+    input itself before upscaling (:mod:`mrisr.training.adapt`), used only when it beats the
+    model on held-out pairs; the model used is returned in ``adapted_model`` and the run
+    described in ``info["adapt"]``. ``"auto"`` (the default):
+    :func:`~mrisr.inference.decisions.decide_adaptation` (an in-plane job of a 2D model whose
+    reference the registration moved, else none).
 
     ``calibrate``: scale the detail a model adds by a gain in [0, 1] fitted on the input
     degraded once more (:mod:`mrisr.inference.calibration`): a 2D model's detail beyond the
     measured band after the k-space projection, a 3D model's correction to cubic
     interpolation; recorded in ``info["detail_gain"]``. ``True``/``"on"``, ``False``/``"off"``
-    or ``"auto"`` (the default: :func:`calibrate_applies`, 2D models without a reference).
+    or ``"auto"`` (the default: :func:`~mrisr.inference.decisions.calibrate_applies`, 2D
+    models without a reference).
 
     ``register``: refine the header alignment of ``reference`` with a rigid mutual-information
-    registration to the input (:func:`register_reference`, needs dipy) before it is resampled.
-    2D models: ``True``/``"on"``, ``False``/``"off"`` or ``None``/``"auto"`` (registered, and
-    the correction applied only when it moves the input's foreground by more than one reference
-    voxel; without dipy the headers are kept). 3D models: a bool, ``None`` as the model was
-    trained. Recorded in ``info["reference"]["registration"]``.
+    registration to the input (:func:`~mrisr.inference.decisions.register_reference`, needs
+    dipy) before it is resampled. 2D models: ``True``/``"on"``, ``False``/``"off"`` or
+    ``None``/``"auto"`` (registered, and the correction applied only when the evidence says the
+    header placement is off: :func:`~mrisr.inference.decisions.registration_rule`; without dipy
+    the headers are kept). 3D models: a bool, ``None`` as the model was trained. Recorded in
+    ``info["reference"]["registration"]``.
+
+    Every decision taken (model, registration, adaptation, calibration, projection) is recorded
+    with its evidence in ``info["decisions"]`` (:mod:`mrisr.inference.decisions`).
     """
     from mrisr.devices import select_device
     from mrisr.resample import resample_to_grid
@@ -440,10 +332,18 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
         raise InputError(f"{target.path}: upscale() takes a 3D volume; use upscale_file for 4D")
     out_shape, out_affine = output_grid(target.spatial_shape, target.affine, scale, voxel_size,
                                         shape)
+    # Axes the output samples more coarsely: reduced first, so that the model runs at the
+    # output's resolution there and every later step sees factors >= 1.
+    source = target
+    target, reduced = reduce_to_output(target, out_shape)
     zooms = voxel_sizes(target.affine)
     axis = choose_slice_axis(target.spatial_shape, out_shape, zooms, plane)
     net, desc = loaded_model or load_upscale_model(
         model, reference is not None, thick=is_thick_slice(target.spatial_shape, out_shape))
+    decisions = Decisions(model=decide_model(model, reference is not None, False,
+                                             target.spatial_shape, out_shape)
+                          if loaded_model is None else
+                          Decision(str(desc.get("model")), "given (a loaded model)"))
     check_adaptable(net, adapt)
     # -- interpolation baselines: the whole volume onto the output grid ---------------------
     if isinstance(net, VolumeInterpolation):
@@ -451,40 +351,49 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
         data = net(target.data, out_shape, out)
         if progress:
             progress(target.spatial_shape[axis])
-        info = {**grid_info(desc, target.spatial_shape, target.affine, out_shape, out_affine),
+        info = {**grid_info(desc, source.spatial_shape, source.affine, out_shape, out_affine,
+                          reduced),
                 "seconds": round(time.perf_counter() - t0, 3),
                 "consistency": {"requested": consistency, "model": "none",
                                 "reason": "not applied to interpolation baselines"}}
         if switch_mode(calibrate, "calibrate") == "on":
             info["detail_gain"] = {"gain": 1.0, "reason": "not for interpolation baselines"}
+        decisions.consistency = consistency_decision(info["consistency"])
+        info["decisions"] = decisions.as_dict()
         return UpscaleResult(data=data, affine=out_affine, info=info)
     # -- 3D models: the whole volume at once (mrisr.inference.volume3d) ---------------------
     if is_volume_model(net):
-        adapt = adapt_steps(adapt, None, False)
+        asked = decide_adaptation(adapt, None, False)
         runner = SeriesUpscaler3D(target, reference, (net, desc), out_shape, out_affine,
-                                  device=device, amp=amp,
+                                  device=device, precision=precision,
                                   register=register_flag_3d(register))
-        if adapt:
-            runner.adapt(adapt, progress)
+        decisions.adaptation = asked
+        if asked.evidence["steps"]:
+            decisions.adaptation = adaptation_outcome(
+                asked, runner.adapt(asked.evidence["steps"], progress))
         if calibrate_applies(calibrate, False):
             runner.calibrate()
+        decisions.calibration = decide_calibration(calibrate, False,
+                                                   runner.info.get("detail_gain"))
         result = runner.upscale(0, out, progress)
         result.info["consistency"] = consistency_not_applied(consistency)
-        if adapt:
+        decisions.consistency = consistency_decision(result.info["consistency"])
+        result.info["decisions"] = decisions.as_dict()
+        if asked.evidence["steps"]:
             result.adapted_model = (runner.upscaler.model, runner.desc)
         return result
     # -- 2D models: slice by slice ----------------------------------------------------------
     dev = select_device(device)
-    upscaler = SliceUpscaler(net, dev, desc["input"], tile, amp)
-    info = {**grid_info(desc, target.spatial_shape, target.affine, out_shape, out_affine),
-            "slice_axis": axis}
+    upscaler = SliceUpscaler(net, dev, desc["input"], tile, precision)
+    info = {**grid_info(desc, source.spatial_shape, source.affine, out_shape, out_affine,
+                          reduced),
+            "slice_axis": axis, "precision": upscaler.precision}
     ref_grid = None
     if reference is not None and upscaler.uses_reference:
-        registration = None
         mode = register_mode(register)
         if mode != "off":
-            reference, registration = register_reference(reference, target.data,
-                                                         target.affine, mode)
+            reference, decisions.registration = register_reference(
+                reference, target.data, target.affine, mode)
         ref_shape, ref_affine = reference_grid(target, reference, axis)
         ref_grid, inside = resample_to_grid(reference.data, reference.affine, ref_affine,
                                             ref_shape, name=str(reference.path))
@@ -493,26 +402,34 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
                              "voxel_size": [float(z) for z in voxel_sizes(ref_affine)],
                              "covered_fraction": float(inside.mean()),
                              "slices_without_reference": int((~covered).sum())}
-        if registration is not None:
-            info["reference"]["registration"] = registration
+        if decisions.registration is not None:
+            info["reference"]["registration"] = {**decisions.registration.evidence,
+                                                 "reason": decisions.registration.reason}
     adapted = None
-    adapt = adapt_steps(adapt, info.get("reference", {}).get("registration"),
-                        upscaler.uses_reference and ref_grid is not None)
-    if adapt:
+    decisions.adaptation = decide_adaptation(adapt, decisions.registration,
+                                             upscaler.uses_reference and ref_grid is not None,
+                                             is_thick_slice(target.spatial_shape, out_shape))
+    if decisions.adaptation.evidence["steps"]:
         adapted, info["adapt"] = adapt_to_input(net, desc, target, ref_grid, out_shape, axis,
-                                                adapt, dev, progress)
-        upscaler = SliceUpscaler(adapted[0], dev, desc["input"], tile, amp)
+                                                decisions.adaptation.evidence["steps"], dev,
+                                                progress)
+        decisions.adaptation = adaptation_outcome(decisions.adaptation, info["adapt"])
+        upscaler = SliceUpscaler(adapted[0], dev, desc["input"], tile, precision)
     t0 = time.perf_counter()
     data = upscaler.upscale(target.data, out_shape, axis, ref_grid, out, progress)
     info["consistency"] = apply_consistency(data, target.data, consistency)
-    calibrate = calibrate_applies(calibrate, ref_grid is None)
-    if calibrate and info["consistency"].get("model") == "kspace":
+    decisions.consistency = consistency_decision(info["consistency"])
+    calibrates = calibrate_applies(calibrate, ref_grid is None)
+    if calibrates and info["consistency"].get("model") == "kspace":
         from mrisr.inference.calibration import apply_detail_gain, detail_gain
 
         info["detail_gain"] = detail_gain(upscaler, target.data, out_shape, axis, ref_grid)
         apply_detail_gain(data, target.data, info["detail_gain"]["gain"], axis)
-    elif calibrate:
+    elif calibrates:
         info["detail_gain"] = {"gain": 1.0, "reason": "needs the in-plane k-space projection"}
+    decisions.calibration = decide_calibration(calibrate, ref_grid is None,
+                                               info.get("detail_gain"))
+    info["decisions"] = decisions.as_dict()
     info["seconds"] = round(time.perf_counter() - t0, 3)
     return UpscaleResult(data=data, affine=out_affine, info=info, adapted_model=adapted)
 
@@ -521,12 +438,15 @@ def check_adaptable(net, adapt) -> None:
     if adapt == "auto":
         return
     if isinstance(adapt, bool) or not isinstance(adapt, (int, np.integer)):
-        raise InputError(f"--adapt must be a number of steps >= 0 or 'auto', got {adapt!r}")
+        raise InputError(f"--adapt must be a number of steps >= 0 (e.g. --adapt 40; 0: never) "
+                         f"or 'auto', got {adapt!r}")
     if adapt < 0:
-        raise InputError(f"--adapt must be a number of steps >= 0, got {adapt}")
+        raise InputError(f"--adapt must be a number of steps >= 0 (e.g. --adapt 40; 0: "
+                         f"never), got {adapt}")
     if adapt and isinstance(net, VolumeInterpolation):
         raise InputError("--adapt fine-tunes 2D models and 3D models, not interpolations; "
-                         f"the chosen model is '{net.name}'")
+                         f"the chosen model is '{net.name}': drop --adapt, or choose a trained "
+                         "model with --model")
 
 
 def adapt_to_input(net, desc: dict, target: Volume, ref_grid: Optional[np.ndarray],
@@ -534,8 +454,9 @@ def adapt_to_input(net, desc: dict, target: Volume, ref_grid: Optional[np.ndarra
                    progress: Optional[Callable[[int], None]] = None) -> tuple[tuple, dict]:
     """Test-time adaptation of a 2D model to ``target`` (:func:`mrisr.training.adapt.
     adapt_model`); the reference (on :func:`reference_grid`) is brought to the input's
-    resolution with an anti-aliasing filter. Returns the adapted ``(model, description)`` and
-    the sidecar entry."""
+    resolution with an anti-aliasing filter. Returns the ``(model, description)`` to upscale
+    with (the fine-tuned copy, or ``net`` itself when the copy did not beat it on held-out
+    pairs) and the sidecar entry."""
     from mrisr.training.adapt import adapt_model
 
     ref_lr = None
@@ -545,7 +466,7 @@ def adapt_to_input(net, desc: dict, target: Volume, ref_grid: Optional[np.ndarra
     with torch.enable_grad():
         result = adapt_model(net, target.data, factors, axis, ref_lr, steps, device=device,
                              progress=progress)
-    return (result.model, {**desc, "adapted_steps": steps}), result.describe()
+    return (result.model, {**desc, "adapted_steps": result.best_step}), result.describe()
 
 
 def consistency_not_applied(model: str) -> dict:
@@ -554,9 +475,10 @@ def consistency_not_applied(model: str) -> dict:
 
 
 def sidecar_path(out_path: Path) -> Path:
-    name = out_path.name
-    stem = name[:-7] if name.endswith(".nii.gz") else name[:-4] if name.endswith(".nii") else name
-    return out_path.with_name(stem + ".json")
+    """The JSON sidecar of an output: its name with ``.json`` for the NIfTI extension."""
+    from mrisr.io.nifti import companion_path
+
+    return companion_path(out_path, ".json")
 
 
 def upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
@@ -565,21 +487,31 @@ def upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
     """Upscale a NIfTI file (3D, or 4D volume by volume) into ``out_path`` atomically, with a
     JSON sidecar; bval/bvec files beside a 4D input are copied. Returns the output image
     (data read lazily from the written file). Keyword arguments: ``memmap``, ``progress``,
-    ``on_start``, ``loaded_model`` and those of :func:`upscale`.
+    ``on_start``, ``loaded_model``, ``qc`` (also write ``<output>_qc.png``:
+    :mod:`mrisr.inference.qc`), ``sidecar_extra`` (entries added to the sidecar) and those of
+    :func:`upscale`.
 
-    While it runs the output is locked (``.NAME.mrisr-lock`` beside it): a second run writing
-    the same output fails at once, and without ``overwrite`` the result never replaces a file
-    that appeared meanwhile. A failed write (full disk, ...) raises :class:`InputError`; the
-    temporary files are removed whatever happens (exception, Ctrl-C, SIGTERM in the CLI).
+    The sidecar and the copied b-tables are outputs like the image
+    (:func:`~mrisr.inference.result.written_companions`): checked before any work, refused when
+    they exist (without ``overwrite``) or would be an input's, and renamed into place together
+    with the image. While it runs the output and these files are locked
+    (``.NAME.mrisr-lock`` beside each): a second run writing any of them fails at once, and
+    without ``overwrite`` the result never replaces a file that appeared meanwhile. A failed
+    write (full disk, ...) raises :class:`InputError`; the temporary files are removed whatever
+    happens (exception, Ctrl-C, SIGTERM in the CLI).
     """
-    from mrisr.io.atomic import check_output_path, output_lock
+    from mrisr.io.atomic import output_locks
+    from mrisr.io.nifti import check_nifti_header, check_output_files
 
     out = Path(out_path)
-    check_output_path(out, overwrite=overwrite, inputs=(target_path, reference_path))
+    shape = check_nifti_header(target_path)
+    companions = check_output_files(out, written_companions(
+        target_path, shape[3] if len(shape) > 3 else 1, bool(kwargs.get("qc"))),
+        overwrite=overwrite, inputs=(target_path, reference_path))
     try:
-        with output_lock(out):
+        with output_locks([out, *companions]):
             return _upscale_file(target_path, out, reference_path, overwrite=overwrite,
-                                 **kwargs)
+                                 companions=companions, **kwargs)
     except OSError as exc:
         raise InputError(f"{exc.filename or out}: {exc.strerror or exc}") from None
 
@@ -588,12 +520,13 @@ def _upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
                   reference_path: Optional[str | os.PathLike] = None, *, overwrite: bool = False,
                   memmap: bool = False, progress: Optional[Callable[[int], None]] = None,
                   on_start: Optional[Callable[[int], None]] = None, loaded_model=None,
-                  **options) -> nib.Nifti1Image:
+                  qc: bool = False, sidecar_extra: Optional[dict] = None,
+                  companions: Sequence[Path] = (), **options) -> nib.Nifti1Image:
     """:func:`upscale_file`'s work, run while it holds the output lock."""
-    from mrisr.io.atomic import (atomic_path, check_output_path, reserve_space, scratch_prefix,
-                                 write_text_atomic)
-    from mrisr.io.dwi import companion_paths
-    from mrisr.io.nifti import is_nifti_path
+    started = time.perf_counter()
+    from mrisr.io.atomic import atomic_paths, check_output_path, reserve_space, scratch_prefix
+    from mrisr.io.dwi import b_table_files, companion_paths, series_b_tables
+    from mrisr.io.nifti import check_magnitude, is_nifti_path, open_nifti
     from mrisr.inference.streaming import StreamingNiftiWriter
 
     out = Path(out_path)
@@ -601,25 +534,35 @@ def _upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
         raise InputError(f"{out}: output must end in .nii or .nii.gz")
     check_output_path(out, overwrite=overwrite, inputs=(target_path, reference_path))
     check_consistency(options.get("consistency", DEFAULT_CONSISTENCY))
-    sidecar = sidecar_path(out)
     target = load_nifti(target_path, ndim=(3, 4))
     reference = load_nifti(reference_path) if reference_path is not None else None
+    for image, name in ((target, target_path), (reference, reference_path)):
+        note = check_magnitude(image.data, name) if image is not None else None
+        if note:
+            warnings.warn(MrisrWarning(note), stacklevel=3)
     series = target.data.ndim == 4
-    if series and not companion_paths(target_path)[0].exists():
+    n_vol = target.data.shape[3] if series else 1
+    bvals, bvecs = series_b_tables(target_path, n_vol) if series else (None, None)
+    if series and bvals is None:
+        copied = "no .bval/.bvec is written" if bvecs is None else "only its .bvec is copied"
         warnings.warn(MrisrWarning(
             f"{target_path}: 4D series without {companion_paths(target_path)[0].name} beside "
-            "it: b-values unknown, so no volume is treated as b=0 and no .bval/.bvec is "
-            "written"), stacklevel=3)
-    n_vol = target.data.shape[3] if series else 1
+            f"it: b-values unknown, so no volume is treated as b=0 and {copied}"), stacklevel=3)
     shape3 = target.spatial_shape
     out_shape, out_affine = output_grid(shape3, target.affine, options.get("scale"),
                                         options.get("voxel_size"), options.get("shape"))
     check_resources(out, out_shape, n_vol, memmap)
     options = dict(options)
     register = options.pop("register", None)
-    model_pack = loaded_model or load_upscale_model(options.pop("model", None),
-                                                    reference is not None, series,
+    # With loaded_model, "model" is the name it was loaded for (None: the default), if known.
+    named = loaded_model is None or "model" in options
+    model_name = options.pop("model", None)
+    model_pack = loaded_model or load_upscale_model(model_name, reference is not None, series,
                                                     thick=is_thick_slice(shape3, out_shape))
+    # The file's decisions; each volume's upscale() records the rest (calibration, projection).
+    decisions = Decisions(model=decide_model(model_name, reference is not None, series, shape3,
+                                             out_shape) if named else
+                          Decision(str(model_pack[1].get("model")), "given (a loaded model)"))
     options.setdefault("adapt", "auto")
     check_adaptable(model_pack[0], options["adapt"])
     if "note" in model_pack[1]:
@@ -632,42 +575,56 @@ def _upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
     series3d = None
     if is_volume_model(model_pack[0]):
         series3d = SeriesUpscaler3D(target, reference, model_pack, out_shape, out_affine,
-                                    read_series_bvals(target_path, n_vol) if series else None,
+                                    bvals,
                                     device=options.get("device", "auto"),
-                                    amp=options.get("amp", False),
+                                    precision=options.get("precision", "auto"),
                                     register=register_flag_3d(register))
-    if series3d is not None and options["adapt"] == "auto":
-        options["adapt"] = 0  # 3D models adapt only when asked
+    if series3d is not None:
+        decisions.adaptation = decide_adaptation(options["adapt"], None, False)
+        options["adapt"] = decisions.adaptation.evidence["steps"]  # 3D: only when asked
     if series3d is not None and options["adapt"]:
         # One copy of the model fine-tuned on the whole series, then every volume upscaled.
         if on_start:
             on_start(n_vol * series3d.units_per_volume + options["adapt"])
             on_start = None
-        series3d.adapt(options["adapt"], progress)
+        decisions.adaptation = adaptation_outcome(decisions.adaptation,
+                                                  series3d.adapt(options["adapt"], progress))
     if series3d is not None and calibrate_applies(options.get("calibrate", "auto"), False):
         series3d.calibrate()
+    if series3d is not None:
+        decisions.calibration = decide_calibration(options.get("calibrate", "auto"), False,
+                                                   series3d.info.get("detail_gain"))
     registration = None
     if series3d is None and reference is not None and model_pack[0].uses_reference and \
             register_mode(register) != "off":
         # 2D models: the reference is registered once, to the mean of the series' volumes.
         static = target.data.mean(axis=3) if series else target.data
-        reference, registration = register_reference(reference, static, target.affine,
+        # On the grid the model will see (reduced where the output is coarser): cheaper, and
+        # what the reference is placed on.
+        static = reduce_to_output(Volume(static, target.affine), out_shape)[0]
+        reference, registration = register_reference(reference, static.data, static.affine,
                                                      register_mode(register))
+        decisions.registration = registration
     options["register"] = "off"  # 2D models: done above, once for the whole file
-    options["adapt"] = adapt_steps(options.get("adapt", "auto"), registration,
-                                   series3d is None and registration is not None)
+    if series3d is None:
+        asked = decide_adaptation(options.get("adapt", "auto"), registration,
+                                  registration is not None, is_thick_slice(shape3, out_shape))
+        options["adapt"] = asked.evidence["steps"]
+        if not isinstance(model_pack[0], VolumeInterpolation):  # interpolations never adapt
+            decisions.adaptation = asked
     if on_start and series3d is not None:
         on_start(n_vol * series3d.units_per_volume)
     elif on_start:
-        axis = choose_slice_axis(shape3, out_shape, voxel_sizes(target.affine),
-                                 options.get("plane"))
-        on_start(n_vol * shape3[axis] + options.get("adapt", 0))
+        model_shape = tuple(min(n, m) for n, m in zip(shape3, out_shape))  # reduce_to_output
+        zooms = voxel_sizes(target.affine) * np.array(shape3) / np.array(model_shape)
+        axis = choose_slice_axis(model_shape, out_shape, zooms, options.get("plane"))
+        on_start(n_vol * model_shape[axis] + options.get("adapt", 0))
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=scratch_prefix()) as scratch:
         buffer = np.lib.format.open_memmap(Path(scratch) / "out.npy", mode="w+",
                                            dtype=np.float32, shape=out_shape) if memmap else None
         if buffer is not None:
             reserve_space(buffer.filename)  # a full disk: an error now, not a crash later
-        with atomic_path(out, replace=overwrite) as tmp:
+        with atomic_paths([out, *companions], replace=overwrite) as (tmp, *companion_tmps):
             writer = None
             adapt_info = None
             for v in range(n_vol):
@@ -682,26 +639,43 @@ def _upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
                         # A series is adapted once, on its first volume.
                         model_pack, options["adapt"] = result.adapted_model, 0
                         adapt_info = result.info["adapt"]
+                if qc and v == 0:  # the picture shows the first volume of a series
+                    from mrisr.inference.qc import capture_planes
+
+                    qc_planes = capture_planes(
+                        Volume(target.data[..., 0] if series else target.data, target.affine,
+                               target.header, target.path), result.data, result.affine,
+                        reference if series3d is None else None,
+                        series3d.t1 if series3d is not None else None)
                 if writer is None:
                     writer = StreamingNiftiWriter(tmp, out_shape + ((n_vol,) if series else ()),
                                                   result.affine, target.header)
                 writer.write_volume(result.data)
             writer.close()
-        info = {**result.info, "input": str(target_path), "output": str(out),
-                "volumes": n_vol}
-        if adapt_info is not None:
-            info["adapt"] = adapt_info
-        if registration is not None and "reference" in info:
-            info["reference"]["registration"] = registration
-        if series3d is not None:
-            info["consistency"] = consistency_not_applied(
-                options.get("consistency", DEFAULT_CONSISTENCY))
-        write_text_atomic(sidecar, json.dumps(info, indent=1))
-    if series:
-        bval, bvec = companion_paths(target_path)
-        out_bval, out_bvec = companion_paths(out)
-        for src, dst in ((bval, out_bval), (bvec, out_bvec)):
-            if src.exists():
-                with atomic_path(dst) as tmp:
-                    shutil.copyfile(src, tmp)
-    return nib.load(str(out))
+            info = {**result.info, "input": str(target_path), "output": str(out),
+                    "volumes": n_vol}
+            if adapt_info is not None:
+                info["adapt"] = adapt_info
+                decisions.adaptation = adaptation_outcome(decisions.adaptation, adapt_info)
+            if registration is not None and "reference" in info:
+                info["reference"]["registration"] = {**registration.evidence,
+                                                     "reason": registration.reason}
+            if series3d is not None:
+                info["consistency"] = consistency_not_applied(
+                    options.get("consistency", DEFAULT_CONSISTENCY))
+                decisions.consistency = consistency_decision(info["consistency"])
+            info["decisions"] = decisions.over(info.get("decisions", {}))
+            info.update(sidecar_extra or {})
+            # The sidecar and the series' b-tables go into place with the image, or none.
+            tables = dict(zip((".bval", ".bvec"), b_table_files(target_path)))
+            for path, tmp_path in zip(companions, companion_tmps):
+                if path.name.endswith(QC_SUFFIX):
+                    from mrisr.inference.qc import qc_title, write_qc_png
+
+                    write_qc_png(tmp_path, qc_planes,
+                                 qc_title(out.name, info, time.perf_counter() - started))
+                elif path.suffix == ".json":
+                    tmp_path.write_text(json.dumps(info, indent=1), encoding="utf-8")
+                else:
+                    shutil.copyfile(tables[path.suffix], tmp_path)
+    return open_nifti(out)

@@ -34,18 +34,21 @@ import torch
 from torch import nn
 
 from mrisr.data.dwi import (MAX_ATTENUATION, attenuation_level, b0_indices,
-                            brain_mask, place_t1_on_dwi_grid, register_rigid, scale_t1)
+                            brain_mask, place_t1_on_dwi_grid, scale_t1)
 from mrisr.data.intensity import robust_max
+from mrisr.data.registration import register_rigid
 from mrisr.degradation import spline_resize
 from mrisr.devices import select_device
 from mrisr.errors import InputError
 from mrisr.inference.calibration import least_squares_gain
 from mrisr.inference.result import UpscaleResult, grid_info
 from mrisr.inference.tiling import tile_windows
-from mrisr.io.dwi import companion_paths, read_bvals
+from mrisr.io.dwi import series_b_tables
 from mrisr.io.nifti import Volume
 from mrisr.models.base import ReferenceUse, SRModel
 from mrisr.models.csr_dmri import CSRdMRI, VolumeFeatures, iter_grid_queries
+from mrisr.training.adapt import DEFAULT_ADAPT_SECONDS
+from mrisr.precision import autocast, resolve_precision
 
 __all__ = ["DEFAULT_TILE", "DEFAULT_CHUNK", "DEFAULT_ADAPT_STEPS_3D", "is_volume_model",
            "encode_tiled", "encode_volume", "model_t1_input", "VolumeUpscaler",
@@ -117,11 +120,11 @@ class VolumeUpscaler:
         device: where the model runs.
         tile: encoder tile (LR voxels per axis, see :func:`encode_tiled`); ``None``: whole.
         chunk: output points per decoder call.
-        amp: bfloat16 autocast on CUDA.
+        precision: ``auto``, ``fp32`` or ``bf16`` (:mod:`mrisr.precision`).
     """
 
     def __init__(self, model: CSRdMRI, device: torch.device, tile: Optional[int] = DEFAULT_TILE,
-                 chunk: int = DEFAULT_CHUNK, amp: bool = False):
+                 chunk: int = DEFAULT_CHUNK, precision: str = "auto"):
         if not is_volume_model(model):
             name = (model.preset if isinstance(model, SRModel) else None) or \
                 type(model).__name__
@@ -131,7 +134,7 @@ class VolumeUpscaler:
         self.device = device
         self.tile = tile
         self.chunk = int(chunk)
-        self.amp = amp and device.type == "cuda"
+        self.precision = resolve_precision(precision, device)
         self.uses_reference = model.uses_reference
         self.level_norm = model.level_norm
         # (T1w array, its features): the volumes of a 4D series share one T1w, so a model that
@@ -171,7 +174,7 @@ class VolumeUpscaler:
         ref = None
         if self.uses_reference:
             if t1 is None:
-                raise InputError("this 3D model needs a T1w image (--ref)")
+                raise InputError("this 3D model needs a T1w image: give it with --ref")
             if tuple(t1.shape) != out_shape:
                 raise InputError(f"T1w of shape {tuple(t1.shape)} is not on the output grid "
                                  f"{out_shape}")
@@ -185,7 +188,7 @@ class VolumeUpscaler:
         plane = int(np.prod(out_shape[1:]))
         level = attenuation_level(lr) if self.level_norm else 1.0
         x = torch.from_numpy(np.asarray(lr, dtype=np.float32) / np.float32(level))[None, None]
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+        with autocast(self.device, self.precision):
             features = self.model.encode(x.to(self.device), ref,
                                          apply=self._encoder_runner(t1))
             t1_shape = features.t1.shape[2:] if features.t1 is not None else None
@@ -199,14 +202,9 @@ class VolumeUpscaler:
 
 
 def read_series_bvals(series_path, n_volumes: int) -> Optional[np.ndarray]:
-    """b-values ``(N,)`` of the ``.bval`` file beside a 4D series, ``None`` when there is none."""
-    bval, _ = companion_paths(series_path)
-    if not bval.exists():
-        return None
-    bvals = read_bvals(bval)
-    if bvals.size != n_volumes:
-        raise InputError(f"{bval}: {bvals.size} b-values but the series has {n_volumes} volumes")
-    return bvals
+    """b-values ``(N,)`` of the ``.bval`` file beside a 4D series, ``None`` when there is none
+    (both b-tables checked: :func:`mrisr.io.dwi.series_b_tables`)."""
+    return series_b_tables(series_path, n_volumes)[0]
 
 
 def adapt_volume_model(model: SRModel, volumes: np.ndarray, mask: np.ndarray,
@@ -214,6 +212,7 @@ def adapt_volume_model(model: SRModel, volumes: np.ndarray, mask: np.ndarray,
                        steps: int = DEFAULT_ADAPT_STEPS_3D, *, lr: float = 1e-4,
                        batch_size: int = 4, lr_patch: int = 10, frequency_weight: float = 0.01,
                        seed: int = 0, device: Optional[torch.device] = None,
+                       max_seconds: Optional[float] = DEFAULT_ADAPT_SECONDS,
                        progress: Optional[Callable[[int], None]] = None):
     """Test-time adaptation of a 3D model: fine-tune a copy on pairs made from the series itself.
 
@@ -227,15 +226,21 @@ def adapt_volume_model(model: SRModel, volumes: np.ndarray, mask: np.ndarray,
     trained with T1w dropout then gets zeros, as when it upscales). The LR patch is at most
     ``lr_patch`` voxels per axis and shrinks (down to 4) so that its HR patch fits the series.
 
-    Returns a :class:`~mrisr.training.adapt.AdaptResult` (the fine-tuned copy in evaluation
-    mode, the losses, the seconds); ``model`` is not changed.
+    A slab at one end of one axis (:data:`~mrisr.training.adapt.HELD_OUT_FRACTION` of it, the
+    one with the most brain) is held out: no training patch overlaps it, and the copy is used
+    only when it lowers the loss there (:func:`~mrisr.training.adapt.finetune_held_out`: early
+    stopping, the time bound ``max_seconds``; ``None``: no bound).
+
+    Returns a :class:`~mrisr.training.adapt.AdaptResult` (``model``: the fine-tuned copy in
+    evaluation mode, or ``model`` itself when adapting did not lower the held-out loss); ``model``
+    is not changed.
     """
-    import copy
+    from dataclasses import replace
 
     from mrisr.data.dwi import DwiSubject
-    from mrisr.training.adapt import AdaptResult
+    from mrisr.data.dwi_sources import split_slab
+    from mrisr.training.adapt import HELD_OUT_BATCHES, HELD_OUT_FRACTION, finetune_held_out
     from mrisr.training.config import DmriDataConfig, OptimConfig, Phase, RunConfig, TrainConfig
-    from mrisr.training.trainer import _batch_to
     from mrisr.training.volumes import VolumePatchTask
 
     if steps < 1:
@@ -249,42 +254,62 @@ def adapt_volume_model(model: SRModel, volumes: np.ndarray, mask: np.ndarray,
     uses_t1 = model.uses_reference
     extent = min(volumes.shape[:3])
     patch = int(np.clip(np.floor(extent / f.max()), 4, lr_patch))
+    # The held-out slab: the end slab (of any axis) with the most brain; a slab at the low end
+    # is brought to the high end, where the training code holds out, by flipping the arrays
+    # (the patches are flipped in training anyway).
+    mask = np.asarray(mask, bool)
+    most = (-1, 0, False)
+    for a in range(3):
+        slab = split_slab(mask.shape, a, HELD_OUT_FRACTION)[1]
+        for flip in (False, True):
+            most = max(most, (int((np.flip(mask, a) if flip else mask)[slab].sum()), a, flip))
+    _, axis, flip = most
+    if flip:
+        volumes = np.ascontiguousarray(np.flip(volumes, axis))
+        mask = np.ascontiguousarray(np.flip(mask, axis))
+        t1 = None if t1 is None else np.ascontiguousarray(np.flip(np.asarray(t1), axis))
     d = DmriDataConfig(kind="phantom", lr_patch=patch, scale_range=[float(f.min()),
                                                                     float(f.max())],
-                       holdout_fraction=0.0, pad_to_patch=True, augment=True,
+                       holdout_axis=axis, holdout_fraction=HELD_OUT_FRACTION,
+                       pad_to_patch=True, augment=True,
                        loss_region="brain", frequency_weight=frequency_weight,
                        t1_dropout=1.0 if uses_t1 and t1 is None else 0.0)
-    cfg = TrainConfig(task="dmri3d", dmri=d,
-                      curriculum=[Phase(name="adapt", steps=steps)],
-                      optim=OptimConfig(lr=lr, batch_size=batch_size),
-                      run=RunConfig(seed=seed), output="")
-    n = volumes.shape[3]
-    subject = DwiSubject(name="input", shell=volumes, bvals=np.zeros(n), bvecs=np.zeros((3, n)),
-                         mean_b0=np.ones(volumes.shape[:3], np.float32),
-                         t1=None if t1 is None else np.asarray(t1, np.float32),
-                         mask=np.asarray(mask, bool), affine=np.eye(4))
-    task = VolumePatchTask(cfg, [subject], use_t1=uses_t1,
-                           t1_mode=model.reference_use.value if uses_t1 else None,
-                           level_norm=model.level_norm,
-                           fixed_scales=tuple(f))
+
+    def task_for(subject: DwiSubject, data: DmriDataConfig, task_seed: int,
+                 n_steps: int) -> VolumePatchTask:
+        cfg = TrainConfig(task="dmri3d", dmri=data,
+                          curriculum=[Phase(name="adapt", steps=n_steps)],
+                          optim=OptimConfig(lr=lr, batch_size=batch_size),
+                          run=RunConfig(seed=task_seed), output="")
+        return VolumePatchTask(cfg, [subject], use_t1=uses_t1,
+                               t1_mode=model.reference_use.value if uses_t1 else None,
+                               level_norm=model.level_norm, fixed_scales=tuple(f))
+
+    def subject_of(index: tuple) -> DwiSubject:
+        shell = volumes[index]
+        n = shell.shape[3]
+        return DwiSubject(name="input", shell=shell, bvals=np.zeros(n), bvecs=np.zeros((3, n)),
+                          mean_b0=np.ones(shell.shape[:3], np.float32),
+                          t1=None if t1 is None else np.asarray(t1, np.float32)[index],
+                          mask=mask[index], affine=np.eye(4))
+
+    everything = (slice(None),) * 3
+    task = task_for(subject_of(everything), d, seed, steps)
+    _, held_index = split_slab(volumes.shape[:3], axis, HELD_OUT_FRACTION)
+    held = []
+    try:
+        held_task = task_for(subject_of(held_index), replace(d, holdout_fraction=0.0), seed + 1,
+                             max(steps, HELD_OUT_BATCHES))
+        held = [held_task.batch(i) for i in range(HELD_OUT_BATCHES)]
+    except InputError:
+        pass  # no brain in the slab: nothing to judge by, and the model given is kept
     device = device or next(model.parameters()).device
-    net = copy.deepcopy(model).to(device).train()
-    optimizer = torch.optim.Adam(net.parameters(), lr=lr)
-    losses = []
-    t0 = time.perf_counter()
     with torch.enable_grad():
-        for step in range(steps):
-            batch = _batch_to(task.batch(step), device)
-            value, _ = task.loss(net, batch)
-            optimizer.zero_grad(set_to_none=True)
-            value.backward()
-            optimizer.step()
-            losses.append(float(value.detach()))
-            if progress:
-                progress(1)
-    net.eval()
-    return AdaptResult(net, losses, time.perf_counter() - t0, "volume3d",
-                       float(np.round(np.prod(f) ** (1 / 3), 2)))
+        result = finetune_held_out(
+            model, task.batch, lambda net, b: task.loss(net, b)[0], held, steps, lr=lr,
+            device=device, max_seconds=max_seconds, progress=progress)
+    result.mode, result.pair_scale = "volume3d", float(np.round(np.prod(f) ** (1 / 3), 2))
+    return result
 
 
 class SeriesUpscaler3D:
@@ -316,9 +341,9 @@ class SeriesUpscaler3D:
             :func:`mrisr.inference.selection.load_upscale_model` returns.
         out_shape, out_affine: the output grid (same field of view as ``target``).
         bvals: ``(N,)`` b-values (s/mm^2) of the series, or ``None``.
-        device, amp, tile, chunk: see :class:`VolumeUpscaler`.
+        device, precision, tile, chunk: see :class:`VolumeUpscaler`.
         register: rigidly register the T1w to the mean b=0 (else the mean volume) on the input
-            grid before placing it (:func:`~mrisr.data.dwi.register_rigid`, needs dipy);
+            grid before placing it (:func:`~mrisr.data.registration.register_rigid`, needs dipy);
             ``None``: as the model's training did (``t1_registered_in_training`` of the
             description) when dipy is installed, else by the headers alone.
 
@@ -330,11 +355,12 @@ class SeriesUpscaler3D:
 
     def __init__(self, target: Volume, reference: Optional[Volume], model_pack: tuple,
                  out_shape: Sequence[int], out_affine: np.ndarray,
-                 bvals: Optional[np.ndarray] = None, device: str = "auto", amp: bool = False,
+                 bvals: Optional[np.ndarray] = None, device: str = "auto",
+                 precision: str = "auto",
                  tile: Optional[int] = DEFAULT_TILE, chunk: int = DEFAULT_CHUNK,
                  mask_method: str = "auto", register: Optional[bool] = None):
         net, desc = model_pack
-        self.upscaler = VolumeUpscaler(net, select_device(device), tile, chunk, amp)
+        self.upscaler = VolumeUpscaler(net, select_device(device), tile, chunk, precision)
         self.data = target.data if target.data.ndim == 4 else target.data[..., None]
         self.out_shape = tuple(int(n) for n in out_shape)
         self.out_affine = np.asarray(out_affine, dtype=np.float64)
@@ -356,7 +382,9 @@ class SeriesUpscaler3D:
                                                            "dropout)"}
         elif self.upscaler.uses_reference:
             if reference is None:
-                raise InputError(f"model '{desc.get('model')}' needs a T1w image (--ref)")
+                raise InputError(f"model '{desc.get('model')}' needs a T1w image: give the "
+                                 "subject's T1w with --ref, or leave out --model for the "
+                                 "series default (cubic)")
             if register is None:
                 # As in training, when dipy is there to do it; the header placement otherwise
                 # (the sidecar says which).
@@ -377,7 +405,8 @@ class SeriesUpscaler3D:
             "result": "cubic interpolation plus the model's correction inside the brain",
             "outside_brain": "cubic interpolation"}
         self.info = {**grid_info(desc, target.spatial_shape, target.affine, self.out_shape,
-                                 self.out_affine), **info, "encoder_tile": tile}
+                                 self.out_affine), **info, "encoder_tile": tile,
+                     "precision": self.upscaler.precision}
         #: The weight of the model's correction (:meth:`calibrate`).
         self.gain = 1.0
         #: Progress units (output planes along axis 0) per volume.
@@ -387,7 +416,8 @@ class SeriesUpscaler3D:
               progress: Optional[Callable[[int], None]] = None, **kwargs) -> dict:
         """Fine-tune a copy of the model on this series (:func:`adapt_volume_model`: every
         volume, normalised as :meth:`upscale` gives it to the model, degraded again by the
-        output/input factors), then use the copy for every later :meth:`upscale`. The T1w is
+        output/input factors), then use the copy for every later :meth:`upscale` when it
+        lowered the loss on the held-out slab (else the model stays as it was). The T1w is
         placed on the input grid (with the registration already found). ``kwargs`` go to
         :func:`adapt_volume_model`. Returns the sidecar entry (also in ``info["adapt"]``)."""
         factors = [o / i for i, o in zip(self.data.shape[:3], self.out_shape)]
@@ -396,12 +426,15 @@ class SeriesUpscaler3D:
         result = adapt_volume_model(old.model, volumes, self.mask, factors,
                                     self._t1_on_input_grid(), steps,
                                     device=old.device, progress=progress, **kwargs)
-        self.upscaler = VolumeUpscaler(result.model, old.device, old.tile, old.chunk, old.amp)
-        entry = {**result.describe(), "volumes": int(volumes.shape[3]),
-                 "loss_first10": float(np.mean(result.losses[:10])),
-                 "loss_last10": float(np.mean(result.losses[-10:]))}
+        entry = {**result.describe(), "volumes": int(volumes.shape[3])}
+        if result.losses:
+            entry["loss_first10"] = float(np.mean(result.losses[:10]))
+            entry["loss_last10"] = float(np.mean(result.losses[-10:]))
         self.info["adapt"] = entry
-        self.desc = {**self.desc, "adapted_steps": int(steps)}
+        if result.adapted:  # else the model given stays, as adapting did not help
+            self.upscaler = VolumeUpscaler(result.model, old.device, old.tile, old.chunk,
+                                           old.precision)
+            self.desc = {**self.desc, "adapted_steps": int(result.best_step)}
         return entry
 
     def calibrate(self, max_volumes: int = 4) -> dict:

@@ -276,6 +276,24 @@ def output_lock(path: str | os.PathLike) -> Iterator[Path]:
             lock.unlink()
 
 
+def check_new_files(paths, overwrite: bool = False) -> None:
+    """Refuse, before any work, to write files that exist (a report or a demo written into a
+    folder that holds one, or the user's own files of those names) unless ``overwrite``."""
+    for path in paths:
+        path = Path(path)
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder, but mrisr writes a file of this name there")
+        if path.exists() and not overwrite:
+            raise InputError(f"{path}: exists (use --overwrite to replace it)")
+
+
+@contextlib.contextmanager
+def output_locks(paths) -> Iterator[list[Path]]:
+    """:func:`output_lock` on each of ``paths`` (an output and the files written with it)."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(output_lock(p)) for p in paths]
+
+
 def check_output_path(path: str | os.PathLike, overwrite: bool = False,
                       inputs: tuple = ()) -> Path:
     """Validate an output path before any work is done.
@@ -303,8 +321,10 @@ def check_output_path(path: str | os.PathLike, overwrite: bool = False,
 
 
 def _suffixes(path: Path) -> str:
-    # Keep compound extensions (".nii.gz") so that writers that dispatch on the name still work.
-    return "".join(path.suffixes[-2:]) if path.name.endswith(".nii.gz") else path.suffix
+    # Keep compound extensions (".nii.gz") so that writers that dispatch on the name still work,
+    # in lower case: they recognise ".nii.gz", not always ".NII.GZ" or ".Nii.Gz".
+    name = path.name.lower()
+    return ".nii.gz" if name.endswith(".nii.gz") else path.suffix.lower()
 
 
 def _move_no_replace(tmp: Path, final: Path) -> None:
@@ -333,7 +353,45 @@ def atomic_path(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]
     ``replace=False``: refuse (:class:`InputError`) rather than replace a file that exists at
     ``path`` when the result is complete.
     """
-    final = Path(path)
+    with atomic_paths([path], replace=replace) as (tmp,):
+        yield tmp
+
+
+@contextlib.contextmanager
+def atomic_paths(paths, replace: bool = True) -> Iterator[list[Path]]:
+    """:func:`atomic_path` for files that belong together (an image, its sidecar, its
+    b-tables): one temporary per path, all renamed onto their paths once the block succeeds, or
+    none. ``replace=False``: when any path exists at that moment (another program wrote it
+    meanwhile), the files of this set already renamed are removed again and
+    :class:`InputError` is raised, so no file that this run did not create is replaced."""
+    finals = [Path(p) for p in paths]
+    with contextlib.ExitStack() as stack:
+        temps = [stack.enter_context(_temporary(final)) for final in finals]
+        yield temps
+        # mkstemp creates files private (0600); give the results the usual permissions.
+        umask = os.umask(0)
+        os.umask(umask)
+        for tmp in temps:
+            os.chmod(tmp, 0o666 & ~umask)
+        placed: list[Path] = []
+        try:
+            for tmp, final in zip(temps, finals):
+                if replace:
+                    os.replace(tmp, final)
+                else:
+                    _move_no_replace(tmp, final)
+                placed.append(final)
+        except BaseException:
+            for final in placed:  # created by this run a moment ago
+                with contextlib.suppress(OSError):
+                    final.unlink()
+            raise
+
+
+@contextlib.contextmanager
+def _temporary(final: Path) -> Iterator[Path]:
+    """A temporary file beside ``final``, ``.NAME.mrisr-HOST-PID.XXXXXXXX.part[.ext]``,
+    removed when the block ends unless it was renamed by then."""
     try:
         fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.{temp_tag()}.",
                                         suffix=".part" + _suffixes(final), dir=final.parent)
@@ -344,21 +402,12 @@ def atomic_path(path: str | os.PathLike, replace: bool = True) -> Iterator[Path]
     tmp = Path(tmp_name)
     try:
         yield tmp
-        # mkstemp creates the file private (0600); give the result the usual permissions.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        if replace:
-            os.replace(tmp, final)
-        else:
-            _move_no_replace(tmp, final)
-    except BaseException:
+    finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        raise
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically (UTF-8)."""
-    with atomic_path(path) as tmp:
+def write_text_atomic(path: str | os.PathLike, text: str, replace: bool = True) -> None:
+    """Write a text file atomically (UTF-8); ``replace=False`` as in :func:`atomic_path`."""
+    with atomic_path(path, replace=replace) as tmp:
         tmp.write_text(text, encoding="utf-8")

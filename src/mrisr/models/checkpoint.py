@@ -95,4 +95,38 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise InputError(f"{p}: not an mrisr checkpoint (format {payload.get('format')!r})"
                          if isinstance(payload, dict) else f"{p}: not an mrisr checkpoint")
+    desc, state = payload.get("model"), payload.get("state_dict")
+    if not (isinstance(desc, dict) and isinstance(desc.get("architecture"), str)
+            and isinstance(desc.get("args", {}), dict)):
+        raise InputError(f"{p}: the checkpoint does not say which model it holds (its 'model' "
+                         "entry needs an 'architecture' name and 'args')")
+    if not (isinstance(state, dict) and all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                            for k, v in state.items())):
+        raise InputError(f"{p}: the checkpoint holds no weights (its 'state_dict' is not a "
+                         "mapping of names to tensors)")
     return payload
+
+
+def check_state_dict(model: nn.Module, state: dict, path, architecture: str) -> None:
+    """Refuse, in one line naming the first tensor at fault, weights ``state`` (from the
+    checkpoint ``path``) that do not fit ``model`` (its ``architecture`` built with the
+    checkpoint's arguments): a tensor the model lacks, one it has that is missing, a shape that
+    differs, or NaN/Inf values (which would turn every output into NaN)."""
+    expected = model.state_dict()
+    for name, tensor in state.items():
+        if name not in expected:
+            raise InputError(f"{path}: tensor '{name}' is not part of architecture "
+                             f"'{architecture}' with the checkpoint's arguments (weights of "
+                             "another model or version)")
+        if tuple(tensor.shape) != tuple(expected[name].shape):
+            raise InputError(f"{path}: tensor '{name}' has shape {tuple(tensor.shape)}, but "
+                             f"architecture '{architecture}' with the checkpoint's arguments "
+                             f"needs {tuple(expected[name].shape)}")
+        if (tensor.is_floating_point() or tensor.is_complex()) and \
+                not bool(torch.isfinite(tensor).all()):
+            raise InputError(f"{path}: tensor '{name}' holds NaN/Inf values")
+    missing = [name for name in expected if name not in state]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise InputError(f"{path}: tensor '{missing[0]}' of architecture '{architecture}' is "
+                         f"missing from the checkpoint{more}")

@@ -36,6 +36,7 @@ from mrisr.models.query import (bspline_coefficients, relative_offset, sample_bs
                                 sample_points)
 from mrisr.models.rdn import RDN
 from mrisr.models.registry import register_architecture
+from mrisr.precision import float32
 
 __all__ = ["PointQuery", "VolumeFeatures", "CSRdMRI", "ArSSR", "ImplicitFunction",
            "ArSSRDecoder", "PointwiseHead", "grid_point_query", "iter_grid_queries"]
@@ -129,6 +130,17 @@ class VolumeFeatures:
     residual: Optional[torch.Tensor] = None
 
 
+def exact_linear(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``layer(x)`` in float32 even under bfloat16 autocast: for the layers that read the
+    query's coordinates (a bfloat16 coordinate in [-1, 1] is off by up to 1/256, which is
+    a large part of an output voxel)."""
+    weight = getattr(layer, "weight", None)  # nn.Identity has none
+    dtype = weight.dtype if weight is not None else \
+        (torch.float32 if x.dtype == torch.bfloat16 else x.dtype)
+    with float32(x):
+        return layer(x.to(dtype))
+
+
 class ImplicitFunction(nn.Module):
     """CSR-dMRI's implicit function: ``n_layers`` Linear+ReLU of width ``hidden``, the input
     (projected when its width differs) added to the output of ReLU number ``skip_at``, then a
@@ -154,9 +166,9 @@ class ImplicitFunction(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = x
         for i, layer in enumerate(self.layers, start=1):
-            h = torch.relu(layer(h))
+            h = torch.relu(exact_linear(layer, h) if i == 1 else layer(h))
             if i == self.skip_at:
-                h = h + self.skip(x)
+                h = h + exact_linear(self.skip, x)
         return self.out(h)
 
 
@@ -183,7 +195,9 @@ class ArSSRDecoder(nn.Module):
         self.stage_two = stage(out_channels, final_relu=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.stage_two(x + self.stage_one(x))
+        def run(stage: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
+            return stage[1:](exact_linear(stage[0], h))  # the layer that reads x: float32
+        return run(self.stage_two, x + run(self.stage_one, x).to(x.dtype))
 
 
 class PointwiseHead(nn.Module):
@@ -303,10 +317,14 @@ class CSRdMRI(SRModel):
 
         ``apply(encoder, input)`` runs an encoder on its input (default: ``encoder(input)``);
         whole-volume inference passes a tiled runner (:mod:`mrisr.inference.volume3d`)."""
-        run = apply or (lambda encoder, x: encoder(x))
+        def run(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
+            # Features in the input's precision (bfloat16 under autocast otherwise), so that
+            # the decoder's trilinear reads sample at exact positions.
+            return (apply(encoder, x) if apply is not None else encoder(x)).to(lr.dtype)
         residual = None
         if self.image_residual == "bspline":
-            residual = bspline_coefficients(lr)
+            with float32(lr):  # interpolation stays float32 under autocast
+                residual = bspline_coefficients(lr)
         elif self.image_residual == "linear":
             residual = lr
         if not self.use_t1:
@@ -326,7 +344,7 @@ class CSRdMRI(SRModel):
         """Intensities at the query points: ``(B, 1, P)``."""
         b = features.dwi.shape[0]
         points = query.points.expand(b, -1, -1)
-        dtype = features.dwi.dtype
+        dtype = features.dwi.dtype  # full precision: the decoder reads it with exact_linear
         parts = []
         if self.use_coord:
             if self.coordinate == "absolute":
@@ -340,12 +358,13 @@ class CSRdMRI(SRModel):
                 raise ValueError("this model reads the scale: query.scales is missing")
             cell = (1 / query.scales.to(dtype)).expand(b, -1)
             parts.append(cell[:, None, :].expand(-1, points.shape[1], -1))
-        parts.append(sample_points(features.dwi, points))
+        parts.append(sample_points(features.dwi, points).to(dtype))
         if features.t1 is not None:
             if query.t1_points is None:
                 raise ValueError("t1_mode='own_resolution' needs query.t1_points")
-            parts.append(sample_points(features.t1, query.t1_points.expand(b, -1, -1)))
-        out = self.decoder(torch.cat(parts, dim=-1))
+            parts.append(sample_points(features.t1, query.t1_points.expand(b, -1, -1))
+                         .to(dtype))
+        out = self.decoder(torch.cat(parts, dim=-1)).to(dtype)
         if features.residual is not None:
             out = out + (sample_bspline(features.residual, points)
                          if self.image_residual == "bspline"
@@ -359,7 +378,7 @@ class CSRdMRI(SRModel):
         chunk = chunk or self.chunk
         b = features.dwi.shape[0]
         out_shape = tuple(int(n) for n in out_shape)
-        out = features.dwi.new_empty((b, 1, int(np.prod(out_shape))))
+        out = features.dwi.new_empty((b, 1, int(np.prod(out_shape))), dtype=torch.float32)
         t1_shape = features.t1.shape[2:] if features.t1 is not None else None
         for start, stop, query in iter_grid_queries(features.dwi.shape[2:], out_shape, chunk,
                                                     t1_shape, features.dwi.device):

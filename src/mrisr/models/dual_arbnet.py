@@ -34,8 +34,9 @@ from torch import nn
 
 from mrisr.models.base import ReferenceUse, SRModel
 from mrisr.models.query import relative_offset, sample_grid
-from mrisr.models.rdn import RDN
+from mrisr.models.rdn import RDN, prefer_channels_last
 from mrisr.models.registry import register_architecture
+from mrisr.precision import float32
 
 
 @dataclass
@@ -90,6 +91,17 @@ class Encoded:
     reference_shape: Optional[tuple[int, ...]] = None
 
 
+def _reducible(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in a dtype whose max-reductions are fast: float32 for bfloat16 (torch 2.13's
+    bfloat16 ``amax`` on a CPU measured 7-10 times slower than converting and reducing)."""
+    return x.float() if x.dtype == torch.bfloat16 else x
+
+
+def amax(x: torch.Tensor, dim) -> torch.Tensor:
+    """``x.amax(dim, keepdim=True)``, computed in float32 for bfloat16 ``x``."""
+    return _reducible(x).amax(dim=dim, keepdim=True)
+
+
 class ChannelSpatialAttention(nn.Module):
     """CBAM: channel attention from global average and max pooling through a shared MLP, then
     spatial attention from channel-wise average and max through a 3x3 conv.
@@ -110,7 +122,7 @@ class ChannelSpatialAttention(nn.Module):
     @staticmethod
     def pool(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Global (average, maximum) over the spatial axes: two ``(B, C, 1, 1)`` tensors."""
-        return x.mean(dim=(2, 3), keepdim=True), x.amax(dim=(2, 3), keepdim=True)
+        return x.mean(dim=(2, 3), keepdim=True), amax(x, (2, 3))
 
     def forward(self, x: torch.Tensor, pooled=None, inplace: bool = False) -> torch.Tensor:
         """``inplace``: scale ``x`` itself (a fresh tensor nobody else reads; no gradients)."""
@@ -119,7 +131,8 @@ class ChannelSpatialAttention(nn.Module):
             weight = torch.sigmoid(self.mlp(avg) + self.mlp(mx))
             x = x.mul_(weight) if inplace else x * weight
         if self.spatial is not None:
-            maps = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], 1)
+            wide = _reducible(x)
+            maps = torch.cat([wide.mean(dim=1, keepdim=True), amax(wide, 1)], 1)
             weight = torch.sigmoid(self.spatial(maps))
             x = x.mul_(weight) if inplace else x * weight
         return x
@@ -307,7 +320,7 @@ class DualArbNet(SRModel):
         for i in range(layer_index):
             x = self.fusion[i](x, pooled[i])
         y = self.fusion[layer_index].pre_attention(x)[(..., *interior)]
-        return (y.sum(dim=(2, 3), keepdim=True), y.amax(dim=(2, 3), keepdim=True),
+        return (y.sum(dim=(2, 3), keepdim=True), amax(y, (2, 3)),
                 y.shape[2] * y.shape[3])
 
     def decode(self, enc: Encoded, query: GridQuery, pooled: Optional[list] = None
@@ -326,12 +339,12 @@ class DualArbNet(SRModel):
     # The pieces of :meth:`decode`, for decoding layer by layer (mrisr.inference.tiling).
     def decode_begin(self, enc: Encoded, query: GridQuery) -> tuple[torch.Tensor, torch.Tensor]:
         """The fusion input and the first IDF state on the grid of ``query``."""
-        # Inference: channels-last, the layout in which oneDNN runs the output-resolution
-        # convs fastest (with gradients it measured slower).
-        cl = torch.contiguous_format if torch.is_grad_enabled() else torch.channels_last
-        x = self._fusion_input(enc, query).contiguous(memory_format=cl)
-        h = torch.sin(self.idf_in(self._query_features(query, enc, x.dtype)
-                                  .contiguous(memory_format=cl)))
+        x = self._fusion_input(enc, query)
+        cl = torch.channels_last if prefer_channels_last(x) else torch.contiguous_format
+        x = x.contiguous(memory_format=cl)
+        with float32(x):  # the scale and coordinate inputs keep their bits under autocast
+            h = torch.sin(self.idf_in(self._query_features(query, enc, self.idf_in.weight.dtype)
+                                      .contiguous(memory_format=cl)))
         return x, h
 
     def decode_step(self, i: int, h: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -347,8 +360,10 @@ class DualArbNet(SRModel):
         else:
             skip = sample_grid(enc.target_skip, query.target_positions, "linear")
             skip = self.skip_out(torch.relu(self.skip_mid(torch.relu(skip))))
+        full = self.idf_out.weight.dtype  # the output in full precision, even under autocast
+        out = (out + skip).to(full)
         if enc.target_image is not None:
-            skip = skip + sample_grid(enc.target_image, query.target_positions,
-                                      self.image_residual)
-        return out + skip
+            out = out + sample_grid(enc.target_image.to(full), query.target_positions,
+                                    self.image_residual)
+        return out
 

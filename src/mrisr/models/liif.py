@@ -25,6 +25,7 @@ from mrisr.models.base import ReferenceUse, SRModel
 from mrisr.models.dual_arbnet import GridQuery
 from mrisr.models.rdn import RDN
 from mrisr.models.registry import register_architecture
+from mrisr.precision import float32
 
 
 @register_architecture("liif")
@@ -81,8 +82,11 @@ class LIIF(SRModel):
         n_code = first.in_features - 2 - (2 if self.cell_decode else 0)
         w_rel = first.weight[:, n_code:n_code + 2]
         extra = 0.0
+        # The offset and cell terms in float32 (under bf16 autocast too): position inputs.
         if self.cell_decode:  # the same cell term for every query of an item
-            extra = ((2.0 * cell).to(feat.dtype) @ first.weight[:, n_code + 2:].T)[:, None, :]
+            with float32(feat):
+                extra = ((2.0 * cell).to(first.weight.dtype) @ first.weight[:, n_code + 2:].T
+                         )[:, None, :]
         sizes = torch.tensor([h, w], dtype=points.dtype, device=points.device)
         flat = feat.reshape(b, c, h * w)
         base = torch.floor(points) if self.local_ensemble else torch.floor(points + 0.5)
@@ -94,9 +98,10 @@ class LIIF(SRModel):
             linear = (idx[..., 0] * w + idx[..., 1]).long()
             codes = torch.gather(flat, 2, linear.unsqueeze(1).expand(b, c, -1)).transpose(1, 2)
             rel = 2.0 * (points - idx)
-            first_out = codes + rel.to(feat.dtype) @ w_rel.T + extra
-            preds.append(self.mlp[1:](first_out))
-            areas.append((rel[..., 0] * rel[..., 1]).abs().to(feat.dtype) / 4 + 1e-9)
+            with float32(feat):
+                position = rel.to(w_rel.dtype) @ w_rel.T + extra
+            preds.append(self.mlp[1:](codes + position).to(w_rel.dtype))
+            areas.append((rel[..., 0] * rel[..., 1]).abs().to(w_rel.dtype) / 4 + 1e-9)
         if len(preds) == 1:
             return preds[0]
         # Each prediction is weighted by the area of the rectangle diagonally opposite to it.

@@ -23,11 +23,11 @@ import torch
 from torch import nn
 
 from mrisr.devices import select_device
-from mrisr.errors import ConfigError, InputError
+from mrisr.errors import ConfigError, InputError, MrisrError
 from mrisr.models import csr_dmri, dual_arbnet, liif  # noqa: F401  (register the architectures)
 from mrisr.models import registry
 from mrisr.models.base import ReferenceUse, SRModel
-from mrisr.models.checkpoint import read_checkpoint
+from mrisr.models.checkpoint import check_state_dict, read_checkpoint
 
 #: Checkpoint entries that are not metadata (tensors and training state).
 _STATE_KEYS = ("state_dict", "optimizer", "ema", "scheduler")
@@ -38,8 +38,9 @@ def build_architecture(architecture: str, args: dict) -> SRModel:
     cls = registry.ARCHITECTURES.lookup(architecture)
     try:
         model = cls(**args)
-    except TypeError as exc:
-        raise ConfigError(f"architecture '{architecture}': bad arguments ({exc})") from None
+    except (TypeError, ValueError, RuntimeError) as exc:  # unknown names, impossible values
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"architecture '{architecture}': bad arguments ({reason})") from None
     model.architecture = architecture
     model.architecture_args = dict(args)
     return model
@@ -82,9 +83,13 @@ def load_checkpoint(path: str | os.PathLike, device: Optional[torch.device] = No
     """Rebuild the model described in a checkpoint and load its weights (eval mode)."""
     payload = read_checkpoint(path)
     desc = payload["model"]
-    model = build_architecture(desc["architecture"], desc["args"])
+    try:
+        model = build_architecture(desc["architecture"], desc.get("args") or {})
+    except MrisrError as exc:
+        raise InputError(f"{path}: {exc}") from None
     if desc.get("preset"):
         model.preset = desc["preset"]
+    check_state_dict(model, payload["state_dict"], path, desc["architecture"])
     model.load_state_dict(payload["state_dict"])
     model.eval()
     if device is not None:

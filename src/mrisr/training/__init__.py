@@ -56,7 +56,8 @@ def check_run_folder(output: str | os.PathLike, resume: Optional[str] = None,
     the run is resumed (``resume``) or replaced (``overwrite``)."""
     out = Path(output)
     if resume and overwrite:
-        raise ConfigError(f"{out}: --resume and --overwrite exclude each other")
+        raise ConfigError(f"{out}: --resume and --overwrite exclude each other; give --resume "
+                          "to continue the run or --overwrite to start over")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a folder (the run folder, 'output')")
     held = [name for name in RUN_FILES if (out / name).exists()]

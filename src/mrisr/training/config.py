@@ -1,12 +1,24 @@
 """Settings of ``mrisr train`` (every key may appear in the YAML file)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
 from mrisr.data.datasets import DatasetSpec
 from mrisr.data.dwi_sources import DwiFiles, DwiSourceConfig  # noqa: F401  (DwiFiles: old home)
+from mrisr.config import MAX_SCALE, is_scale
 from mrisr.errors import ConfigError
+
+#: Adam moves each weight by about the learning rate per step: beyond this bound every step
+#: dwarfs weights of order one (a slip of the keyboard, as 1e308 is).
+MAX_LEARNING_RATE = 10.0
+
+
+def is_learning_rate(value) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and \
+        math.isfinite(value) and 0 < value <= MAX_LEARNING_RATE
+from mrisr.precision import PRECISIONS
 
 
 @dataclass
@@ -55,9 +67,12 @@ class Phase:
         if self.steps <= 0:
             raise ConfigError(f"{source}: phase '{self.name}': steps must be positive")
         scales = self.target_scales or self.scale_range
-        if any(s < 1.0 for s in scales) or len(self.scale_range) != 2:
-            raise ConfigError(f"{source}: phase '{self.name}': scales must be >= 1 and "
-                              "scale_range must be [min, max]")
+        if not all(is_scale(s) for s in scales) or len(self.scale_range) != 2:
+            raise ConfigError(f"{source}: phase '{self.name}': scales must be numbers from 1 "
+                              f"to {MAX_SCALE:g} and scale_range must be [min, max]")
+        if self.lr is not None and not is_learning_rate(self.lr):
+            raise ConfigError(f"{source}: phase '{self.name}': lr must be a number in "
+                              f"(0, {MAX_LEARNING_RATE:g}], got {self.lr}")
 
 
 @dataclass
@@ -357,9 +372,10 @@ class DmriDataConfig(DwiSourceConfig):
         if any(b <= 0 for b in self.simulate_bvalues) or self.simulate_per_bvalue < 1:
             raise ConfigError(f"{source}: dmri.simulate_bvalues must be positive b-values and "
                               "dmri.simulate_per_bvalue at least 1")
-        if len(self.scale_range) != 2 or not 1.0 <= self.scale_range[0] <= self.scale_range[1]:
+        if len(self.scale_range) != 2 or not all(is_scale(s) for s in self.scale_range) or \
+                self.scale_range[0] > self.scale_range[1]:
             raise ConfigError(f"{source}: dmri.scale_range must be [min, max] with "
-                              "1 <= min <= max")
+                              f"1 <= min <= max <= {MAX_SCALE:g}")
         if self.queries < 0 or self.frequency_weight < 0:
             raise ConfigError(f"{source}: dmri.queries and dmri.frequency_weight must be >= 0")
         if self.queries and self.frequency_weight:
@@ -406,8 +422,10 @@ class OptimConfig:
                               f"{self.ema_decay}")
         if self.schedule not in ("step", "cosine"):
             raise ConfigError(f"{source}: optim.schedule must be step or cosine")
-        if self.batch_size < 1 or self.lr <= 0:
-            raise ConfigError(f"{source}: optim.batch_size and optim.lr must be positive")
+        if self.batch_size < 1 or not is_learning_rate(self.lr):
+            raise ConfigError(f"{source}: optim.batch_size must be positive and optim.lr a "
+                              f"number in (0, {MAX_LEARNING_RATE:g}], got {self.batch_size} "
+                              f"and {self.lr}")
 
 
 @dataclass
@@ -420,14 +438,45 @@ class ValidationConfig:
 
 @dataclass
 class RunConfig:
+    """How a run executes.
+
+    precision: ``auto`` (bf16 autocast where the device has fast bf16 units, else fp32),
+        ``fp32`` or ``bf16`` (:mod:`mrisr.precision`); weights and optimiser state stay fp32.
+    amp: configs written before ``precision`` existed: ``false`` means ``fp32``.
+    max_minutes: time budget of the whole run, summed over resumed pieces (the cosine
+        schedule anneals to it); the run then ends with ``final.pt``.
+    session_minutes: time budget of one invocation: training stops cleanly after it with
+        ``last.pt`` (no ``final.pt``), to be continued with ``mrisr train ... --resume auto``,
+        possibly on another machine.
+    """
+
     seed: int = 0
     device: str = "auto"
+    precision: str = "auto"
     amp: bool = True
     threads: Optional[int] = None
     max_minutes: Optional[float] = None
+    session_minutes: Optional[float] = None
     checkpoint_every: int = 200
     log_every: int = 10
     tensorboard: bool = False
+
+    @property
+    def requested_precision(self) -> str:
+        return "fp32" if not self.amp and self.precision == "auto" else self.precision
+
+    def validate(self, source: str) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"{source}: run.precision must be one of {', '.join(PRECISIONS)}, "
+                              f"got '{self.precision}'")
+        for key in ("max_minutes", "session_minutes"):
+            value = getattr(self, key)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{source}: run.{key} must be positive, got {value}")
+        if self.checkpoint_every < 1 or self.log_every < 1:
+            raise ConfigError(f"{source}: run.checkpoint_every and run.log_every must be >= 1")
+        if self.threads is not None and not 1 <= self.threads <= 4096:
+            raise ConfigError(f"{source}: run.threads must be from 1 to 4096, got {self.threads}")
 
 
 #: Training tasks: 2D slices (Dual-ArbNet, LIIF) and 3D diffusion patches (CSR-dMRI family).

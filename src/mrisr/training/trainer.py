@@ -3,11 +3,13 @@
 A *task* supplies batches (``task.batch(step, rank, world)``: a dict of tensors, identical for
 a given step whatever the process count) and the loss (``task.loss(model, batch)``). The
 trainer owns everything else: Adam with a step-indexed learning-rate schedule (so resuming
-needs no scheduler object), mixed precision on CUDA, DistributedDataParallel under
+needs no scheduler object), bf16 autocast where the device has fast bf16 units
+(``run.precision``, :mod:`mrisr.precision`), DistributedDataParallel under
 ``torchrun``, rank-0 logging (CSV, optional TensorBoard, progress bar) and checkpoints
 (``last.pt`` with optimizer state for exact resume, ``final.pt`` with weights only), an
 optional moving average of the weights (``optim.ema_decay``: ``final.pt`` and validation use it,
-``last.pt`` keeps both), a time budget that spans resumes, and periodic validation by a
+``last.pt`` keeps both), a time budget that spans resumes (``run.max_minutes``) and one per
+invocation (``run.session_minutes``: stop cleanly, to be resumed), and periodic validation by a
 ``validator(model, device) -> {"psnr", "ssim"}`` that the caller passes (training knows nothing
 of evaluation; ``mrisr train`` passes :func:`mrisr.evaluation.validation.slice_validator`).
 """
@@ -27,7 +29,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from mrisr.config import to_dict
 from mrisr.errors import InputError
 from mrisr.io.atomic import write_text_atomic
-from mrisr.models.checkpoint import describe, read_checkpoint, save_checkpoint
+from mrisr.models.checkpoint import (check_state_dict, describe, read_checkpoint,
+                                     save_checkpoint)
+from mrisr.precision import autocast, resolve_precision
 from mrisr.progress import progress
 from mrisr.training.config import TrainConfig
 from mrisr.training.distributed import DistInfo, any_rank
@@ -67,6 +71,37 @@ def _batch_to(batch: dict, device: torch.device) -> dict:
     return out
 
 
+#: Settings a resumed run may change: where and how fast it runs, and how long (a phase's
+#: ``steps``), not what it learns.
+RESUMABLE_CHANGES = ("run", "output", "validation")
+
+
+def _resumable(key: str) -> bool:
+    parts = key.split(".")
+    return parts[0] in RESUMABLE_CHANGES or (parts[0] == "curriculum" and parts[-1] == "steps")
+
+
+def _flatten(value, prefix: str = "") -> dict:
+    """Dotted keys of nested mappings; lists of mappings (the curriculum) by index."""
+    if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+        value = {str(i): v for i, v in enumerate(value)}
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}{key}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def _recipe_changes(before: dict, now: dict) -> list[tuple[str, object, object]]:
+    """``(key, value in before, value now)`` of the training settings that differ, apart from
+    :func:`_resumable` ones. Keys only one side has (settings added or removed between
+    versions of mrisr) are not compared."""
+    a, b = _flatten(before), _flatten(now)
+    keys = sorted(k for k in set(a) & set(b) if not _resumable(k) and a[k] != b[k])
+    return [(k, a.get(k), b.get(k)) for k in keys]
+
+
 #: ``validator(model, device) -> {"psnr": ..., "ssim": ...}``: periodic validation.
 Validator = Callable[[nn.Module, torch.device], dict]
 
@@ -91,7 +126,11 @@ class Trainer:
         if dist_info.enabled:
             ids = [device.index] if device.type == "cuda" else None
             self.net = nn.parallel.DistributedDataParallel(self.model, device_ids=ids)
-        self.amp = cfg.run.amp and device.type == "cuda"
+        #: ``fp32`` or ``bf16``: the arithmetic of the forward pass (weights, gradients and
+        #: optimiser state stay float32)
+        self.precision = resolve_precision(cfg.run.requested_precision, device)
+        #: set by :meth:`fit` when the invocation's time budget ended it before the curriculum
+        self.paused = False
         self._tb = None
         self.ema = None
         if cfg.optim.ema_decay:
@@ -107,7 +146,8 @@ class Trainer:
     def _extra(self, with_state: bool) -> dict:
         extra = {"train_config": to_dict(self.cfg), "data": self.data_description,
                  "step": self.step, "trainer": {"elapsed": self.elapsed,
-                                                "total_steps": self.cfg.total_steps}}
+                                                "total_steps": self.cfg.total_steps,
+                                                "precision": self.precision}}
         if with_state:
             extra["optimizer"] = self.optimizer.state_dict()
             if self.ema is not None:
@@ -132,6 +172,14 @@ class Trainer:
         if "optimizer" not in payload:
             raise InputError(f"{path}: has no optimizer state (a final checkpoint); resume "
                              "from last.pt")
+        changed = _recipe_changes(payload.get("train_config") or {}, to_dict(self.cfg))
+        if changed:
+            key, was, now = changed[0]
+            more = f" (and {len(changed) - 1} more settings)" if len(changed) > 1 else ""
+            raise InputError(f"{path}: was trained with {key}={was!r}, this config says "
+                             f"{now!r}{more}; continue with the settings it started with (e.g. "
+                             "the same --set options)")
+        check_state_dict(self.model, payload["state_dict"], path, mine["architecture"])
         self.model.load_state_dict(payload["state_dict"])
         self.optimizer.load_state_dict(payload["optimizer"])
         if self.ema is not None:
@@ -187,7 +235,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.net.train()
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.amp):
+        with autocast(self.device, self.precision):
             loss, parts = self.task.loss(self.net, batch)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -199,12 +247,17 @@ class Trainer:
         return float(loss.detach()), {**parts, "lr": lr}
 
     def fit(self, show_progress: bool = True) -> Optional[Path]:
-        """Train until the curriculum ends or the time budget is spent; returns ``final.pt``."""
+        """Train until the curriculum ends or the run's time budget is spent, then write and
+        return ``final.pt``; or until this invocation's budget (``run.session_minutes``) is
+        spent, then write ``last.pt`` only, set :attr:`paused` and return ``None``."""
         cfg = self.cfg
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
         total = cfg.total_steps
         budget = cfg.run.max_minutes * 60 if cfg.run.max_minutes else None
+        session_end = time.perf_counter() + cfg.run.session_minutes * 60 \
+            if cfg.run.session_minutes else None
+        first_step = self.step
         bar = progress(total=total, initial=self.step, desc="train", unit="step",
                        disable=not (show_progress and self.dist.is_main))
         window_start, window_steps = time.perf_counter(), 0
@@ -212,6 +265,11 @@ class Trainer:
             while self.step < total:
                 if any_rank(budget is not None and self.elapsed >= budget, self.dist,
                             self.device):
+                    break
+                # Every invocation makes at least one step, so that pieces always progress.
+                if any_rank(session_end is not None and self.step > first_step
+                            and time.perf_counter() >= session_end, self.dist, self.device):
+                    self.paused = True
                     break
                 t0 = time.perf_counter()
                 host = self.task.batch(self.step, self.dist.rank, self.dist.world)
@@ -241,6 +299,8 @@ class Trainer:
         finally:
             bar.close()
         self.save("last.pt")
+        if self.paused:
+            return None
         return self.save("final.pt", with_state=False)
 
     def validate(self) -> Optional[dict]:

@@ -1,0 +1,287 @@
+"""What ``mrisr upscale`` decides for the user, in one place, each decision with its evidence.
+
+One :class:`Decisions` record per output, written to the sidecar as its ``decisions`` block:
+
+* ``model``: the model given, or the default for the job (:func:`decide_model`: a 4D series,
+  a reference or not, thick slices or in-plane; :mod:`mrisr.inference.selection`);
+* ``registration``: whether the reference's header placement is corrected
+  (:func:`register_reference`; the evidence: :func:`mrisr.data.registration.
+  assess_registration`, the rule: :func:`registration_rule`);
+* ``adaptation``: whether the model is fine-tuned on the input (:func:`decide_adaptation`) and,
+  after it ran, whether the fine-tuned copy was used (:func:`adaptation_outcome`: held-out
+  pairs, :mod:`mrisr.training.adapt`);
+* ``calibration``: whether the detail gain is fitted (:func:`decide_calibration`) and the gain;
+* ``consistency``: the data-consistency projection applied (:func:`consistency_decision`).
+
+Each entry is ``{"choice": ..., "reason": ..., "evidence": {...}}``. The functions only decide;
+the work (registering, adapting, projecting) happens where it did before, and the sidecar keeps
+its older entries (``reference.registration``, ``adapt``, ``detail_gain``, ``consistency``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Optional, Sequence
+
+import numpy as np
+
+from mrisr.errors import InputError
+from mrisr.io.nifti import Volume
+
+__all__ = ["Decision", "Decisions", "SWITCH_MODES", "REGISTER_MODES", "switch_mode",
+           "register_mode", "register_flag_3d", "is_thick_slice", "decide_model",
+           "EVIDENCE_RATIO", "registration_rule", "register_reference", "decide_adaptation",
+           "adaptation_outcome", "calibrate_applies", "decide_calibration",
+           "consistency_decision"]
+
+#: The values of an ``auto``/``on``/``off`` option (``register``, ``calibrate``).
+SWITCH_MODES = ("auto", "on", "off")
+#: ``register`` modes of 2D models: ``auto`` (the default) corrects the header placement only
+#: when the evidence says it is off (:func:`registration_rule`).
+REGISTER_MODES = SWITCH_MODES
+#: :func:`registration_rule`: the share of the MI that one reference voxel of motion costs
+#: which the estimate's gain over the header placement must exceed. On the one co-registered
+#: pair of the benchmark whose estimate moved the anatomy by more than a voxel (ixi002 at x8
+#: in-plane, 1.43 mm) the gain was 0.07 of it; headers off by known motions of 2-6.5 mm gave
+#: 0.91-5.1 from 3-7 mm slices and x2-x4 in-plane, ixi002's own header (2 mm off) 1.07-1.22
+#: there and 0.25 from x8, where the estimates are 1-2 mm off (benchmarks/
+#: registration_decision.py; docs/benchmarks/cross_dataset.md, "Registration that does not
+#: invent motion").
+EVIDENCE_RATIO = 0.5
+
+
+@dataclass
+class Decision:
+    """One decision: ``choice`` (what was done), ``reason`` (why, in words) and ``evidence``
+    (the numbers behind it)."""
+
+    choice: str
+    reason: str
+    evidence: dict = field(default_factory=dict)
+
+    def as_dict(self) -> dict:
+        out = {"choice": self.choice, "reason": self.reason}
+        if self.evidence:
+            out["evidence"] = self.evidence
+        return out
+
+
+@dataclass
+class Decisions:
+    """The decisions of one ``mrisr upscale`` output (``None``: not taken for this job)."""
+
+    model: Optional[Decision] = None
+    registration: Optional[Decision] = None
+    adaptation: Optional[Decision] = None
+    calibration: Optional[Decision] = None
+    consistency: Optional[Decision] = None
+
+    def as_dict(self) -> dict:
+        """The sidecar's ``decisions`` block."""
+        return {f.name: getattr(self, f.name).as_dict() for f in fields(self)
+                if getattr(self, f.name) is not None}
+
+    def over(self, block: dict) -> dict:
+        """A ``decisions`` block (e.g. of one volume of a file) with these decisions in place
+        of its own, in this record's order."""
+        merged = {**block, **self.as_dict()}
+        return {f.name: merged[f.name] for f in fields(self) if f.name in merged}
+
+
+def switch_mode(value, name: str) -> str:
+    """An ``auto``/``on``/``off`` option given as such, or ``None`` -> ``auto``, ``True`` ->
+    ``on``, ``False`` -> ``off``; ``name`` is the option's name in the error."""
+    if value is None:
+        return "auto"
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    if value not in SWITCH_MODES:
+        raise InputError(f"{name} must be one of {', '.join(SWITCH_MODES)} or a bool, "
+                         f"got {value!r}")
+    return value
+
+
+def register_mode(register) -> str:
+    """``register`` of :func:`~mrisr.inference.upscale.upscale` as one of
+    :data:`REGISTER_MODES` for a 2D model."""
+    return switch_mode(register, "register")
+
+
+def register_flag_3d(register) -> Optional[bool]:
+    """``register`` for a 3D model's T1w placement: ``None``/``"auto"`` (as the model was
+    trained), else on or off."""
+    mode = register_mode(register)
+    return None if mode == "auto" else mode == "on"
+
+
+# -- model --------------------------------------------------------------------------------------
+def is_thick_slice(in_shape: Sequence[int], out_shape: Sequence[int]) -> bool:
+    """Whether upscaling ``in_shape`` to ``out_shape`` is a thick-slice job: one axis upscaled
+    >= 2x and >= 1.5x more than every other (:func:`mrisr.degradation.consistency.thick_axis`,
+    the rule of the ``auto`` projection)."""
+    from mrisr.degradation.consistency import thick_axis
+
+    return thick_axis([o / i for i, o in zip(in_shape, out_shape)]) is not None
+
+
+def decide_model(name: Optional[str], has_reference: bool, series: bool,
+                 in_shape: Sequence[int], out_shape: Sequence[int]) -> Decision:
+    """The model of a job: ``name`` when given, else the default for it
+    (:func:`mrisr.inference.selection.default_model_name`). ``choice`` is the name to load."""
+    from mrisr.inference.selection import default_model_name
+
+    thick = is_thick_slice(in_shape, out_shape)
+    job = {"series": bool(series), "reference": bool(has_reference), "thick_slice": thick}
+    if name is not None:
+        return Decision(str(name), "given (--model)", job)
+    chosen = default_model_name(has_reference, series, thick)
+    what = ("a 4D series" if series else "thick slices" if thick else "in-plane upscaling") + \
+        (" with a reference" if has_reference else " without a reference")
+    return Decision(chosen, f"the default for {what}", job)
+
+
+# -- registration -------------------------------------------------------------------------------
+def registration_rule(evidence) -> tuple[bool, str]:
+    """Whether ``auto`` corrects the header placement, given a
+    :class:`~mrisr.data.registration.RegistrationEvidence`, and why.
+
+    Both must hold: the estimate moves the input's anatomy by more than the tolerance (one
+    reference voxel: the shipped models were trained with the reference shifted by up to about
+    one of its voxels), and the data back it: its gain in mutual information over the header
+    placement is more than :data:`EVIDENCE_RATIO` times what moving it by the tolerance costs.
+    A coarse input (thick slices, x8) leaves the MI flat across a millimetre or two, where the
+    estimate drifts with the partial volume and the contrast; the header placement then scores
+    nearly as well as the estimate, and is kept."""
+    if evidence.moves_mm <= evidence.tolerance_mm:
+        return False, (f"the estimate moves the anatomy by {evidence.moves_mm:.2f} mm, within "
+                       f"one reference voxel ({evidence.tolerance_mm:.2f} mm)")
+    gain, drop = evidence.mi_gain, evidence.mi_drop_at_tolerance
+    # NaN (no voxel scored) and a drop <= 0 (the estimate is no MI optimum) are no evidence.
+    if gain is None or drop is None or not (drop > 0 and gain > EVIDENCE_RATIO * drop):
+        return False, (f"the estimate moves the anatomy by {evidence.moves_mm:.2f} mm, but the "
+                       f"header placement scores within {EVIDENCE_RATIO:g}x the MI change of "
+                       f"one reference voxel of it: no evidence of motion")
+    return True, (f"the header placement is off: the estimate moves the anatomy by "
+                  f"{evidence.moves_mm:.2f} mm and raises the MI by {gain / drop:.1f}x what "
+                  f"one reference voxel of motion costs")
+
+
+def register_reference(reference: Volume, static: np.ndarray, static_affine: np.ndarray,
+                       mode: str = "on") -> tuple[Volume, Decision]:
+    """``reference`` with its header corrected when the registration to ``static`` (the input
+    on its grid ``static_affine``) says so, and the decision. ``mode``: ``on`` applies the
+    estimate whatever it is, ``auto`` by :func:`registration_rule`. ``choice`` is
+    ``corrected`` or ``header``; ``evidence`` holds the estimate (translation, rotation, how far
+    it moves the anatomy), the MI evidence when measured, ``mode`` and ``applied``."""
+    from mrisr.data.registration import assess_registration, corrected
+
+    if mode == "auto":
+        try:
+            import dipy.align  # noqa: F401
+        except ImportError:
+            return reference, Decision("header", "dipy not installed (pip install dipy)",
+                                       {"mode": mode, "applied": False})
+    try:
+        evidence = assess_registration(reference, static, static_affine)
+    except InputError as exc:  # no dipy: say so, not that the registration failed
+        raise InputError(f"{reference.path}: {exc}; without it, --no-register places the "
+                         "reference through the headers") from None
+    record = {"mode": mode, **evidence.as_dict()}
+    if evidence.failed:
+        if mode == "on":
+            raise InputError(f"{reference.path}: registration to the input failed (no overlap "
+                             "or no contrast on the input's grid); try --no-register")
+        return reference, Decision("header", "registration failed (no overlap or no "
+                                             "contrast)", {**record, "applied": False})
+    applied, reason = (True, "--register: the estimate is applied") if mode == "on" \
+        else registration_rule(evidence)
+    record["applied"] = applied
+    if not applied:
+        return reference, Decision("header", reason, record)
+    return corrected(reference, evidence.transform), Decision("corrected", reason, record)
+
+
+# -- adaptation ---------------------------------------------------------------------------------
+def decide_adaptation(adapt, registration: Optional[Decision], two_d_with_reference: bool,
+                      thick_slice: bool = False) -> Decision:
+    """The adaptation asked for: ``adapt`` itself when it is a number; ``"auto"`` (the
+    default): :data:`~mrisr.training.adapt.DEFAULT_ADAPT_STEPS` for an in-plane job of a 2D
+    model whose reference the registration moved (a reference from another series: on ixi002
+    it added +0.30 / +0.28 / 0 dB at x2 / x4 / x8 over the registered reference alone, the x8
+    copy rejected by the held-out slices), else none: on co-registered brats volumes it cost
+    0.6-1.1 dB at x2 even judged on held-out slices, and on thick slices (``thick_slice``)
+    1.3 dB at 3 mm for one brats test patient, where the held-out slices said it helped
+    (docs/benchmarks/cross_dataset.md, "Adaptation that never harms"). The copy is used only
+    when it beats the model on held-out pairs (:func:`adaptation_outcome`). ``choice``
+    ``adapt`` or ``none``, ``evidence["steps"]`` the step budget."""
+    if adapt != "auto":
+        steps = int(adapt)
+        return Decision("adapt" if steps else "none", f"--adapt {steps}", {"steps": steps})
+    from mrisr.training.adapt import DEFAULT_ADAPT_STEPS
+
+    moved = registration is not None and registration.choice == "corrected"
+    if two_d_with_reference and moved and not thick_slice:
+        return Decision("adapt", "the registration moved the reference: the pair is unlike "
+                                 "the co-registered pairs of training",
+                        {"steps": DEFAULT_ADAPT_STEPS})
+    if two_d_with_reference and moved:
+        reason = ("thick slices: adaptation is not run by default (the held-out slices, "
+                  "in-plane, do not tell when it costs through-plane)")
+    elif two_d_with_reference:
+        reason = "the reference was not moved"
+    else:
+        reason = "adapted only when the registration moves a 2D model's reference"
+    return Decision("none", reason, {"steps": 0})
+
+
+def adaptation_outcome(asked: Decision, result: dict) -> Decision:
+    """The adaptation decision after it ran: ``result`` is
+    :meth:`~mrisr.training.adapt.AdaptResult.describe`'s entry; ``choice`` becomes
+    ``adapted`` (the fine-tuned copy upscaled) or ``unadapted`` (the model given, which the
+    copy did not beat on the held-out pairs)."""
+    evidence = {"steps_requested": result.get("steps_requested"),
+                "steps_run": result.get("steps"), "stopped": result.get("stopped"),
+                "used_step": result.get("used_step"),
+                "held_out_loss_unadapted": result.get("held_out_loss_unadapted"),
+                "held_out_loss_used": result.get("held_out_loss_used"),
+                "seconds": result.get("seconds")}
+    return Decision(str(result.get("used", "adapted")), f"{asked.reason}; "
+                    f"{result.get('reason', '')}".rstrip("; "), evidence)
+
+
+# -- calibration --------------------------------------------------------------------------------
+def calibrate_applies(calibrate, two_d_without_reference: bool) -> bool:
+    """Whether the detail gain is fitted and applied: ``"on"``/``True`` always,
+    ``"off"``/``False`` never; ``"auto"`` (the default) for a 2D model run without a reference,
+    where it raised brain-mask PSNR at x2 on every whole-volume test set (+0.11 dB brats,
+    +0.22 dB a whole head, +0.17 dB the phantom, 0 on IXI), but not with one, where it cost
+    0.39 dB in-domain (docs/BENCHMARKS.md, "The detail gain")."""
+    mode = switch_mode(calibrate, "calibrate")
+    return mode == "on" or (mode == "auto" and two_d_without_reference)
+
+
+def decide_calibration(calibrate, two_d_without_reference: bool,
+                       entry: Optional[dict] = None) -> Decision:
+    """The calibration decision (:func:`calibrate_applies`) with the fitted ``entry``
+    (``info["detail_gain"]``) as its evidence when there is one."""
+    mode = switch_mode(calibrate, "calibrate")
+    applies = calibrate_applies(calibrate, two_d_without_reference)
+    if not applies:
+        reason = "--calibrate off" if mode == "off" else \
+            "auto: fitted only for 2D models without a reference"
+        return Decision("none", reason)
+    reason = "--calibrate on" if mode == "on" else "auto: a 2D model without a reference"
+    if entry is not None and entry.get("reason"):
+        reason += f"; {entry['reason']}"
+    gain = None if entry is None else entry.get("gain")
+    return Decision("gain" if gain is not None else "none", reason, dict(entry or {}))
+
+
+# -- consistency --------------------------------------------------------------------------------
+def consistency_decision(report: dict) -> Decision:
+    """The projection decision from its sidecar entry (``info["consistency"]``)."""
+    model = str(report.get("model", "none"))
+    requested = report.get("requested")
+    reason = report.get("reason") or (f"--consistency {requested}" + (
+        f": {model} for these factors" if requested == "auto" else ""))
+    return Decision(model, reason, {k: v for k, v in report.items()
+                                    if k not in ("model", "reason")})
