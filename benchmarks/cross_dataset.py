@@ -3,6 +3,7 @@
 
     python benchmarks/cross_dataset.py run [--group shipped|robust|all] [--sets ...]
     python benchmarks/cross_dataset.py run --group volume   # mrisr upscale's defaults
+    python benchmarks/cross_dataset.py run --group candidate --model PATH [--label NAME]
     python benchmarks/cross_dataset.py table            # Markdown from results/cross/
 
 ``run`` evaluates the methods of a group on the test sets of ``configs/cross/`` (in-plane sets
@@ -13,7 +14,10 @@ times (e.g. the baselines while the new models train); ``table`` joins them: one
 degradation, rows = methods, columns = test set x scale (PSNR / SSIM), then the default model's
 gain over zero-filled k-space and over cubic interpolation. The ``volume`` group runs the
 ``*_volume`` configs as they are: whole volumes through ``mrisr upscale``'s function with its
-default registration and adaptation (``configs/cross/volume_base.yaml``).
+default registration and adaptation (``configs/cross/volume_base.yaml``). The ``candidate``
+group runs, on the same whole-volume sets and with the same default decisions, the shipped
+``dualarbnet_robust`` and a candidate checkpoint (``--model``, e.g. a run in ``ongoing/``) in
+the place of ``dualarbnet_s``: what the default with a reference would become with it.
 """
 from __future__ import annotations
 
@@ -28,15 +32,22 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results" / "cross"
 INPLANE_SETS = ("brats", "ixi", "ixi_registered", "head", "phantom")
-VOLUME_SETS = ("brats_volume", "ixi_volume", "head_volume", "phantom_volume")
-DEFAULT_ROW = "mrisr upscale default (dualarbnet_s, registration auto, adapt auto)"
+VOLUME_SETS = ("brats_volume", "ixi_volume", "head_volume", "phantom_volume", "icbm152_volume",
+               "spine_volume")
+DEFAULT_ROW = ("mrisr upscale default (dualarbnet_s, registration, adaptation and reference "
+               "check auto)")
+BEFORE_CHECK_ROW = ("dualarbnet_s, registration auto, adapt auto (the default before the "
+                    "reference check)")
 HEADERS_ROW = "Dual-ArbNet (dualarbnet_s) + projection, headers"
+NO_REFERENCE_ROW = "LIIF (liif_s) + projection + gain (default without reference)"
+ROBUST_DEFAULT_ROW = "dualarbnet_robust, as the default with a reference"
+CANDIDATE_PREFIX = "candidate "
 DEGRADATIONS = ("kspace", "gaussian")
 #: Rows whose gains over zero-filled k-space and cubic interpolation are tabulated.
 GAIN_ROWS = ("Dual-ArbNet (dualarbnet_s) + projection", "LIIF (liif_s) + projection",
              "Dual-ArbNet (dualarbnet_s) + projection + adapt 40",
              "Dual-ArbNet robust + projection", "Dual-ArbNet robust + projection + adapt 40",
-             HEADERS_ROW, DEFAULT_ROW)
+             HEADERS_ROW, BEFORE_CHECK_ROW, DEFAULT_ROW, ROBUST_DEFAULT_ROW)
 ADAPT_STEPS = 40
 #: Row order of the joined tables (methods not listed come last).
 ROW_ORDER = ("cubic", "kspace_zerofill", "LIIF (liif_s)", "LIIF (liif_s) + projection",
@@ -80,7 +91,15 @@ def jobs(sets: list[str]) -> list[tuple[str, str]]:
     return out
 
 
-def run(group: str, sets: list[str], threads: int) -> None:
+def _default_decisions(model: str, label: str) -> dict:
+    """A method row that runs ``model`` with the decisions `mrisr upscale` takes by default."""
+    return {"name": "model", "label": label,
+            "args": {"model": model, "consistency": "auto", "register": "auto",
+                     "adapt": "auto", "calibrate": "auto"}}
+
+
+def run(group: str, sets: list[str], threads: int, model: str = None,
+        label: str = None) -> None:
     import torch
 
     from mrisr.config import from_dict, load_yaml
@@ -88,6 +107,20 @@ def run(group: str, sets: list[str], threads: int) -> None:
     from mrisr.evaluation.report import write_report
 
     torch.set_num_threads(threads)
+    if group == "candidate":
+        if not model:
+            raise SystemExit("--group candidate needs --model (a checkpoint or preset)")
+        label = label or "/".join(Path(model).parts[-2:])
+        for name in sets:
+            data = load_yaml(REPO / "configs" / "cross" / f"{name}.yaml")
+            data["methods"] = [_default_decisions("dualarbnet_robust", ROBUST_DEFAULT_ROW),
+                               _default_decisions(model, CANDIDATE_PREFIX + label)]
+            cfg = from_dict(EvaluateConfig, data, source=f"{name}.yaml")
+            out = RESULTS / f"{name}-kspace-candidate"
+            print(f"== {name} candidate -> {out}", flush=True)
+            write_report(evaluate(cfg, show_progress=False), out)
+            print((out / "table.md").read_text(), flush=True)
+        return
     if group == "volume":
         for name in sets:
             cfg = from_dict(EvaluateConfig, load_yaml(REPO / "configs" / "cross" /
@@ -153,7 +186,7 @@ def table() -> str:
                 f"{c[0]:.2f}" if c else "-" for c in cells) + " |")
             ssim.append(f"| {m} | " + " | ".join(
                 f"{c[1]:.3f}" if c else "-" for c in cells) + " |")
-        for label in GAIN_ROWS:
+        for label in GAIN_ROWS + tuple(m for m in order if m.startswith(CANDIDATE_PREFIX)):
             for base in ("kspace_zerofill", "cubic"):
                 cells = []
                 for n, s in cols:
@@ -162,6 +195,13 @@ def table() -> str:
                 if any(c != "-" for c in cells):
                     lines.append(f"| gain of {label} over {base} (dB) | " + " | ".join(cells)
                                  + " |")
+        cells = []
+        for n, s in cols:
+            a, b = means[n].get(DEFAULT_ROW, {}).get(s), means[n].get(NO_REFERENCE_ROW, {}).get(s)
+            cells.append(f"{a[0] - b[0]:+.2f}" if a and b else "-")
+        if any(c != "-" for c in cells):
+            lines.append("| gain of the reference (the default with it over the default "
+                         "without) (dB) | " + " | ".join(cells) + " |")
         blocks.append("\n".join(lines + ssim))
     return "\n\n".join(blocks)
 
@@ -170,14 +210,20 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run")
-    p.add_argument("--group", default="all", choices=["shipped", "robust", "all", "volume"])
+    p.add_argument("--group", default="all",
+                   choices=["shipped", "robust", "all", "volume", "candidate"])
     p.add_argument("--sets", help="comma-separated (default: every set of the group)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--model", help="--group candidate: the checkpoint (or preset) to compare")
+    p.add_argument("--label", help="--group candidate: its row's name (default: the last two "
+                                   "parts of its path)")
     sub.add_parser("table")
     args = parser.parse_args(argv)
     if args.command == "run":
-        default = VOLUME_SETS if args.group == "volume" else INPLANE_SETS + ("thick",)
-        run(args.group, args.sets.split(",") if args.sets else list(default), args.threads)
+        default = VOLUME_SETS if args.group in ("volume", "candidate") else \
+            INPLANE_SETS + ("thick",)
+        run(args.group, args.sets.split(",") if args.sets else list(default), args.threads,
+            args.model, args.label)
     else:
         print(table())
     return 0

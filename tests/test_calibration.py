@@ -153,3 +153,105 @@ def test_calibrate_mode_errors_name_the_option():
 
     with pytest.raises(InputError, match="calibrate must be one of auto, on, off"):
         calibrate_applies("sometimes", True)
+
+
+class FromTruth:
+    """A stand-in model without a reference that adds ``alpha`` times the true detail plus
+    ``noise`` (standard deviation) of detail unrelated to the image; it is told the truth."""
+
+    uses_reference = False
+
+    def __init__(self, truth, alpha, noise=0.0):
+        self.truth, self.alpha, self.noise = truth, alpha, noise
+
+    def upscale(self, target, out_shape, axis, reference=None, out=None, progress=None):
+        assert reference is None and self.truth.shape == tuple(out_shape)
+        zf = ScaledDetail(0.0).upscale(target, out_shape, axis, self.truth)
+        noise = np.random.default_rng(3).normal(0, self.noise, zf.shape).astype(np.float32)
+        return zf + self.alpha * (self.truth - zf) + noise
+
+
+def _reference_truth(reference, n_slices, out_shape):
+    """The reference as reference_check scores it: its (here all) slices at the output's
+    in-plane shape."""
+    return _zero_filled(reference, (*out_shape[:2], n_slices))
+
+
+def test_reference_check_keeps_detail_a_model_gets_right(volume):
+    from mrisr.inference.calibration import reference_check
+
+    truth = _reference_truth(volume, 5, (64, 64, 5))
+    info = reference_check(FromTruth(truth, 0.8), volume, (32, 32, 5), (64, 64, 5), 2)
+    assert info["error_ratio"] < 1 and info["gain"] == 1.0 and info["slices"] == 5
+    assert info["fitted_gain"] == pytest.approx(1.25, rel=0.1)
+
+
+def test_reference_check_weighs_detail_worse_than_zero_filling(volume):
+    from mrisr.inference.calibration import reference_check
+
+    truth = _reference_truth(volume, 5, (64, 64, 5))
+    info = reference_check(FromTruth(truth, 0.2, noise=0.2), volume, (32, 32, 5),
+                           (64, 64, 5), 2)
+    assert info["error_ratio"] > 1 and info["energy_ratio"] > 2 and info["gain"] < 0.3
+    assert "smoother at this octave" in info["reason"]
+
+
+def test_reference_check_keeps_weak_detail_even_when_it_is_wrong(volume):
+    """Below twice the reference's detail energy the check keeps the detail: there the fitted
+    gain was as likely to cost as to gain on the test sets."""
+    from mrisr.inference.calibration import reference_check
+
+    truth = _reference_truth(volume, 5, (64, 64, 5))
+    info = reference_check(FromTruth(truth, -0.6), volume, (32, 32, 5), (64, 64, 5), 2)
+    assert info["error_ratio"] > 1 and info["energy_ratio"] < 2 and info["gain"] == 1.0
+
+
+def test_reference_check_keeps_the_detail_when_the_reference_has_none_to_compare():
+    from mrisr.inference.calibration import reference_check
+
+    flat = np.full((64, 64, 5), 3.0, np.float32)
+    info = reference_check(FromTruth(flat, 1.0, noise=0.2), flat, (32, 32, 5), (64, 64, 5), 2)
+    assert info["gain"] == 1.0 and "no detail at this octave" in info["reason"]
+
+
+def test_reference_check_skips_a_reference_coarser_than_the_output(volume):
+    from mrisr.inference.calibration import reference_check
+
+    info = reference_check(FromTruth(volume, 1.0), volume, (32, 32, 5), (96, 96, 5), 2)
+    assert info == {"gain": 1.0, "reason": "the reference is coarser than the output in-plane"}
+
+
+def test_default_with_reference_records_the_reference_check(tmp_path):
+    """The default of a 2D job with a reference: the reference check in the sidecar's
+    calibration decision, and none with --no-calibrate."""
+    import json
+
+    from mrisr.cli.main import main
+    from mrisr.data.phantom import make_brain_phantom
+    from mrisr.io.nifti import save_nifti
+
+    ph = make_brain_phantom(shape=(128, 128, 4), voxel_size=(1, 1, 4))
+    hr, scan, ref = (tmp_path / f"{n}.nii.gz" for n in ("t2_hr", "t2", "t1"))
+    save_nifti(ph.t2w, ph.affine, hr)
+    save_nifti(ph.t1w, ph.affine, ref)
+    assert main(["degrade", str(hr), "--scale", "2,2,1", "-o", str(scan)]) == 0
+    args = ["upscale", str(scan), "--ref", str(ref), "--scale", "2,2,1", "-q",
+            "--no-register"]
+    assert main([*args, "-o", str(tmp_path / "out.nii.gz")]) == 0
+    decision = json.loads((tmp_path / "out.json").read_text())["decisions"]["calibration"]
+    assert decision["choice"] == "gain" and decision["evidence"]["check"] == "reference"
+    assert 0.0 <= decision["evidence"]["gain"] <= 1.0
+    assert decision["evidence"]["slices"] == 4
+    assert main([*args, "-o", str(tmp_path / "off.nii.gz"), "--no-calibrate"]) == 0
+    off = json.loads((tmp_path / "off.json").read_text())["decisions"]["calibration"]
+    assert off["choice"] == "none" and "detail_gain" not in json.loads(
+        (tmp_path / "off.json").read_text())
+
+
+@pytest.mark.parametrize("value, with_reference, applies", [
+    ("auto", True, True), (None, True, True), ("auto", False, False), ("on", True, False),
+    ("off", True, False)])
+def test_reference_check_modes(value, with_reference, applies):
+    from mrisr.inference.decisions import reference_check_applies
+
+    assert reference_check_applies(value, with_reference) is applies

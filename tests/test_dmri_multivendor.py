@@ -466,3 +466,17 @@ def test_series_default_without_t1w_follows_the_shipped_weights(tmp_path, monkey
     assert up.default_model_name(False, series=True) == up.DEFAULT_DMRI_MODEL
     assert up.default_model_name(True, series=True) == up.DEFAULT_DMRI_MODEL
     assert up.default_model_name(False) == "liif_s"
+
+
+def test_a_method_run_with_and_without_the_t1w_gets_one_table_row_each():
+    """A T1w-dropout model scored on series with and without a T1w: two rows over different
+    series, each named for its group (one repeated label hid which was which)."""
+    from types import SimpleNamespace
+
+    from mrisr.evaluation.dmri import _row_labels
+
+    rows = [{"method": m, "reference": r} for m, r in
+            [("Cubic", "-"), ("fold", "t1"), ("fold", "-"), ("plain", "-"), ("fold", "t1")]]
+    labels = _row_labels(SimpleNamespace(case_rows=rows))
+    assert labels == {("Cubic", "-"): "Cubic", ("fold", "t1"): "fold (series with a T1w)",
+                      ("fold", "-"): "fold (series without one)", ("plain", "-"): "plain"}

@@ -649,8 +649,10 @@ def build_parser() -> argparse.ArgumentParser:
                 help="scale the detail the model adds (2D models with the k-space "
                      "projection: beyond the measured band; 3D models: its correction to cubic "
                      "interpolation) by a gain in [0, 1] fitted on the input degraded once "
-                     "more. By default only 2D models without --ref do (see docs/BENCHMARKS.md "
-                     "for what it gains and costs)",
+                     "more. By default 2D models without --ref do; with --ref the default "
+                     "checks the reference itself at the job's octave and weighs the detail "
+                     "only where a model without the reference does worse than zero-filling "
+                     "there (see docs/BENCHMARKS.md for what each gains and costs)",
                 off_help="never scale the model's detail")
     p.add_argument("--adapt", nargs="?", type=_adapt_steps, const="default", default="auto",
                    metavar="STEPS",

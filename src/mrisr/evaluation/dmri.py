@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -579,6 +579,17 @@ def _methods_in_order(result: DmriEvaluationResult) -> list[tuple[str, str]]:
     return list(seen)
 
 
+def _row_labels(result: DmriEvaluationResult) -> dict[tuple[str, str], str]:
+    """A table label per ``(method, reference)`` key: the method's label, and where the method
+    ran with the T1w on some series and without it on others (a T1w-dropout model), which of
+    the two groups of series the row averages, as the rows cover different subjects."""
+    keys = _methods_in_order(result)
+    counts = Counter(method for method, _ in keys)
+    return {(method, ref): method if counts[method] == 1 else
+            f"{method} ({'series with a T1w' if ref == 't1' else 'series without one'})"
+            for method, ref in keys}
+
+
 def _legend(result: DmriEvaluationResult) -> list[str]:
     cfg = result.config
     region = "held-out slab" if cfg.dmri.region == "holdout" else "whole volume"
@@ -608,13 +619,14 @@ def table1_markdown(result: DmriEvaluationResult, digits: int = 2) -> str:
         header += [f"x{label}{CATEGORY_TAGS[cat]} PSNR", f"x{label}{CATEGORY_TAGS[cat]} SSIM"]
     lines = ["**Brain-mask PSNR (dB) / SSIM, mean over diffusion directions**", "",
              *_legend(result), "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    labels = _row_labels(result)
     for key in _methods_in_order(result):
         cells = []
         for label, _ in scales:
             p, s = psnr[key].get(label), ssim[key].get(label)
             cells += [f"{p:.{digits}f}" if p is not None else "",
                       f"{s:.4f}" if s is not None else ""]
-        lines.append(f"| {key[0]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {labels[key]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -634,13 +646,14 @@ def tensor_markdown(result: DmriEvaluationResult) -> str:
              "absolute MD error in 10^-3 mm^2/s; angle: mean angle (degrees) between the "
              "principal eigenvectors.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    labels = _row_labels(result)
     for key in _methods_in_order(result):
         cells = []
         for label, _ in scales:
             for metric, _, factor, digits in TENSOR_COLUMNS:
                 v = summaries[metric].get(key, {}).get(label)
                 cells.append(f"{v * factor:.{digits}f}" if v is not None else "")
-        lines.append(f"| {key[0]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {labels[key]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -657,12 +670,13 @@ def cost_markdown(result: DmriEvaluationResult) -> str:
     lines = ["**Cost: seconds per series (upscaling every volume scored or fitted, adaptation "
              "included) and of the adaptation alone**", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    labels = _row_labels(result)
     for key in _methods_in_order(result):
         cells = []
         for label, _ in scales:
             t, a = total.get(key, {}).get(label), adapt.get(key, {}).get(label)
             cells += [f"{t:.1f}" if t is not None else "", f"{a:.1f}" if a else "-"]
-        lines.append(f"| {key[0]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {labels[key]} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -30,7 +30,8 @@ from mrisr.io.nifti import Volume
 __all__ = ["Decision", "Decisions", "SWITCH_MODES", "REGISTER_MODES", "switch_mode",
            "register_mode", "register_flag_3d", "is_thick_slice", "decide_model",
            "EVIDENCE_RATIO", "registration_rule", "register_reference", "decide_adaptation",
-           "adaptation_outcome", "calibrate_applies", "decide_calibration",
+           "adaptation_outcome", "calibrate_applies", "reference_check_applies",
+           "decide_calibration",
            "consistency_decision"]
 
 #: The values of an ``auto``/``on``/``off`` option (``register``, ``calibrate``).
@@ -250,26 +251,37 @@ def adaptation_outcome(asked: Decision, result: dict) -> Decision:
 
 # -- calibration --------------------------------------------------------------------------------
 def calibrate_applies(calibrate, two_d_without_reference: bool) -> bool:
-    """Whether the detail gain is fitted and applied: ``"on"``/``True`` always,
-    ``"off"``/``False`` never; ``"auto"`` (the default) for a 2D model run without a reference,
-    where it raised brain-mask PSNR at x2 on every whole-volume test set (+0.11 dB brats,
-    +0.22 dB a whole head, +0.17 dB the phantom, 0 on IXI), but not with one, where it cost
-    0.39 dB in-domain (docs/BENCHMARKS.md, "The detail gain")."""
+    """Whether the detail gain is fitted on the input degraded once more and applied:
+    ``"on"``/``True`` always, ``"off"``/``False`` never; ``"auto"`` (the default) for a 2D
+    model run without a reference, where it raised brain-mask PSNR at x2 on every whole-volume
+    test set (+0.11 dB brats, +0.22 dB a whole head, +0.17 dB the phantom, 0 on IXI), but not
+    with one, where it cost 0.39 dB in-domain (docs/BENCHMARKS.md, "The detail gain")."""
     mode = switch_mode(calibrate, "calibrate")
     return mode == "on" or (mode == "auto" and two_d_without_reference)
 
 
+def reference_check_applies(calibrate, two_d_with_reference: bool) -> bool:
+    """Whether a 2D job with a reference weighs its detail by the reference check
+    (:func:`mrisr.inference.calibration.reference_check`): with ``"auto"`` (the default). The
+    one-octave-lower fit underrates in-domain models (0.39 dB lost on brats at x2), while the
+    reference check changes the output only where the reference is much smoother at the job's
+    octave than the models expect (docs/benchmarks/cross_dataset.md, "The reference check")."""
+    return switch_mode(calibrate, "calibrate") == "auto" and two_d_with_reference
+
+
 def decide_calibration(calibrate, two_d_without_reference: bool,
                        entry: Optional[dict] = None) -> Decision:
-    """The calibration decision (:func:`calibrate_applies`) with the fitted ``entry``
-    (``info["detail_gain"]``) as its evidence when there is one."""
+    """The calibration decision (:func:`calibrate_applies`, :func:`reference_check_applies`)
+    with the fitted ``entry`` (``info["detail_gain"]``) as its evidence when there is one."""
     mode = switch_mode(calibrate, "calibrate")
-    applies = calibrate_applies(calibrate, two_d_without_reference)
-    if not applies:
+    checked = entry is not None and entry.get("check") == "reference"
+    if not (calibrate_applies(calibrate, two_d_without_reference) or checked):
         reason = "--calibrate off" if mode == "off" else \
-            "auto: fitted only for 2D models without a reference"
+            "auto: fitted only for 2D models"
         return Decision("none", reason)
-    reason = "--calibrate on" if mode == "on" else "auto: a 2D model without a reference"
+    reason = "--calibrate on" if mode == "on" else (
+        "auto: a 2D model with a reference, checked on the reference" if checked else
+        "auto: a 2D model without a reference")
     if entry is not None and entry.get("reason"):
         reason += f"; {entry['reason']}"
     gain = None if entry is None else entry.get("gain")

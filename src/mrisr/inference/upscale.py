@@ -52,8 +52,9 @@ from mrisr.inference.coarsen import reduce_to_output
 from mrisr.inference.decisions import (Decision, Decisions, adaptation_outcome,
                                        calibrate_applies, consistency_decision,
                                        decide_adaptation, decide_calibration, decide_model,
-                                       is_thick_slice, register_flag_3d, register_mode,
-                                       register_reference, switch_mode)
+                                       is_thick_slice, reference_check_applies,
+                                       register_flag_3d, register_mode, register_reference,
+                                       switch_mode)
 from mrisr.inference.predict import predict_slices
 from mrisr.inference.result import QC_SUFFIX, UpscaleResult, grid_info, written_companions
 from mrisr.inference.selection import (DEFAULT_DMRI_MODEL, DEFAULT_DMRI_MODEL_NO_T1,
@@ -420,13 +421,21 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
     info["consistency"] = apply_consistency(data, target.data, consistency)
     decisions.consistency = consistency_decision(info["consistency"])
     calibrates = calibrate_applies(calibrate, ref_grid is None)
-    if calibrates and info["consistency"].get("model") == "kspace":
-        from mrisr.inference.calibration import apply_detail_gain, detail_gain
+    checks = reference_check_applies(calibrate, ref_grid is not None)
+    if (calibrates or checks) and info["consistency"].get("model") == "kspace":
+        from mrisr.inference.calibration import apply_detail_gain, detail_gain, reference_check
 
-        info["detail_gain"] = detail_gain(upscaler, target.data, out_shape, axis, ref_grid)
+        if calibrates:
+            info["detail_gain"] = detail_gain(upscaler, target.data, out_shape, axis, ref_grid)
+        else:
+            plain_net, plain_desc = load_upscale_model(None, False)
+            plain = SliceUpscaler(plain_net, dev, plain_desc["input"], tile, precision)
+            info["detail_gain"] = {"check": "reference", **reference_check(
+                plain, ref_grid, target.spatial_shape, out_shape, axis)}
         apply_detail_gain(data, target.data, info["detail_gain"]["gain"], axis)
-    elif calibrates:
-        info["detail_gain"] = {"gain": 1.0, "reason": "needs the in-plane k-space projection"}
+    elif calibrates or checks:
+        info["detail_gain"] = {**({"check": "reference"} if checks else {}), "gain": 1.0,
+                               "reason": "needs the in-plane k-space projection"}
     decisions.calibration = decide_calibration(calibrate, ref_grid is None,
                                                info.get("detail_gain"))
     info["decisions"] = decisions.as_dict()

@@ -1,0 +1,75 @@
+#!/usr/bin/env python
+"""Exploration for issue 24, item 3: does pooling a 3D model's correction across the gradient
+directions of a shell bring the FA error back to cubic's? (docs/benchmarks/dmri.md, "Held-out
+scanners, trained on the CPU"). Not an mrisr option yet.
+
+    OMP_NUM_THREADS=1 python benchmarks/dmri_angular_pooling.py configs/eval_dmri_heldout_B_fa.yaml \
+        ongoing/csr_dmri_s_heldout_B/final.pt -o results/dmri-pooling/B [--weights 0,0.5,1]
+
+The series path upscales each volume on its own: cubic interpolation plus the model's
+correction ``c_v`` inside the brain. Each volume's correction errs in its own way, and the
+tensor fit reads differences between directions as anisotropy. Here the correction relative to
+the cubic signal, ``c_v / cubic_v``, is averaged over the diffusion-weighted volumes of each
+shell, and volume ``v`` gets ``cubic_v + (1 - w) c_v + w cubic_v mean(c / cubic)``: ``w = 0``
+is the model as it runs today, ``w = 1`` one relative sharpening shared by every direction
+(the anisotropy left to cubic interpolation). The evaluation is the config's (`mrisr evaluate`'s
+signal protocol: every volume degraded in signal space, PSNR inside the brain, the tensor fit
+in white matter), run without the T1w; the report goes to ``-o``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("config")
+    parser.add_argument("model")
+    parser.add_argument("-o", "--output", required=True)
+    parser.add_argument("--weights", default="0,0.5,1")
+    args = parser.parse_args(argv)
+
+    from mrisr.config import from_dict, load_yaml
+    from mrisr.degradation import spline_resize
+    from mrisr.evaluation.dmri import (DmriEvaluateConfig, SeriesMethod, evaluate_dmri_signal,
+                                       write_dmri_report)
+    from mrisr.evaluation.harness import MethodSpec
+
+    class PooledSeriesMethod(SeriesMethod):
+        def __init__(self, spec: MethodSpec, weight: float):
+            super().__init__(spec)
+            self.weight = weight
+
+        def __call__(self, lr, t1, bvals, out_shape, out_affine, indices):
+            out, info = super().__call__(lr, t1, bvals, out_shape, out_affine, indices)
+            indices = np.asarray(indices)
+            shells = np.round(bvals[indices], -2)
+            for shell in np.unique(shells[shells >= 50]):
+                k = np.flatnonzero(shells == shell)
+                cubic = np.stack([spline_resize(lr.data[..., v].astype(np.float32), out_shape,
+                                                order=3) for v in indices[k]], -1)
+                correction = out[..., k] - cubic
+                floor = 1e-6 * float(cubic.max())
+                relative = np.clip(np.mean(correction / np.maximum(cubic, floor), axis=-1,
+                                           keepdims=True), -1.0, 1.0)
+                out[..., k] = np.maximum(cubic + (1 - self.weight) * correction +
+                                         self.weight * cubic * relative, 0.0)
+            return out, info
+
+    cfg = from_dict(DmriEvaluateConfig, load_yaml(args.config), source=args.config)
+    methods = {"Cubic": SeriesMethod(MethodSpec("cubic", label="Cubic"))}
+    for w in (float(x) for x in args.weights.split(",")):
+        label = f"without T1w, pooled w={w:g}"
+        methods[label] = PooledSeriesMethod(MethodSpec("upscale", {"model": args.model,
+                                                                   "t1": False}, label), w)
+    result = evaluate_dmri_signal(cfg, methods, show_progress=False)
+    paths = write_dmri_report(result, args.output)
+    print(paths["table"].read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
