@@ -107,26 +107,21 @@ def run(group: str, sets: list[str], threads: int, model: str = None,
     from mrisr.evaluation.report import write_report
 
     torch.set_num_threads(threads)
-    if group == "candidate":
-        if not model:
-            raise SystemExit("--group candidate needs --model (a checkpoint or preset)")
-        label = label or "/".join(Path(model).parts[-2:])
+    if group in ("volume", "candidate"):
+        methods = None
+        if group == "candidate":
+            if not model:
+                raise SystemExit("--group candidate needs --model (a checkpoint or preset)")
+            label = label or "/".join(Path(model).parts[-2:])
+            methods = [_default_decisions("dualarbnet_robust", ROBUST_DEFAULT_ROW),
+                       _default_decisions(model, CANDIDATE_PREFIX + label)]
         for name in sets:
             data = load_yaml(REPO / "configs" / "cross" / f"{name}.yaml")
-            data["methods"] = [_default_decisions("dualarbnet_robust", ROBUST_DEFAULT_ROW),
-                               _default_decisions(model, CANDIDATE_PREFIX + label)]
+            if methods is not None:
+                data["methods"] = methods
             cfg = from_dict(EvaluateConfig, data, source=f"{name}.yaml")
-            out = RESULTS / f"{name}-kspace-candidate"
-            print(f"== {name} candidate -> {out}", flush=True)
-            write_report(evaluate(cfg, show_progress=False), out)
-            print((out / "table.md").read_text(), flush=True)
-        return
-    if group == "volume":
-        for name in sets:
-            cfg = from_dict(EvaluateConfig, load_yaml(REPO / "configs" / "cross" /
-                                                      f"{name}.yaml"), source=f"{name}.yaml")
-            out = RESULTS / f"{name}-kspace-volume"
-            print(f"== {name} -> {out}", flush=True)
+            out = RESULTS / f"{name}-kspace-{group}"
+            print(f"== {name} {group} -> {out}", flush=True)
             write_report(evaluate(cfg, show_progress=False), out)
             print((out / "table.md").read_text(), flush=True)
         return
