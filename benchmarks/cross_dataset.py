@@ -13,11 +13,12 @@ result to ``results/cross/<set>-<degradation>-<group>/``. The groups can run at 
 times (e.g. the baselines while the new models train); ``table`` joins them: one table per
 degradation, rows = methods, columns = test set x scale (PSNR / SSIM), then the default model's
 gain over zero-filled k-space and over cubic interpolation. The ``volume`` group runs the
-``*_volume`` configs as they are: whole volumes through ``mrisr upscale``'s function with its
-default registration and adaptation (``configs/cross/volume_base.yaml``). The ``candidate``
-group runs, on the same whole-volume sets and with the same default decisions, the shipped
-``dualarbnet_robust`` and a candidate checkpoint (``--model``, e.g. a run in ``ongoing/``) in
-the place of ``dualarbnet_s``: what the default with a reference would become with it.
+``*_volume`` configs and the thick-slice ``thick_ixi`` and ``thick_head`` as they are: whole
+volumes through ``mrisr upscale``'s function with its default decisions
+(``configs/cross/volume_base.yaml``, ``thick_volume_base.yaml``). The ``candidate``
+group runs, on the same whole-volume sets and with the same default decisions, a candidate
+checkpoint (``--model``, e.g. a run in ``ongoing/``) in the place of the default's model:
+what the default with a reference would become with it.
 """
 from __future__ import annotations
 
@@ -34,20 +35,24 @@ RESULTS = REPO / "results" / "cross"
 INPLANE_SETS = ("brats", "ixi", "ixi_registered", "head", "phantom")
 VOLUME_SETS = ("brats_volume", "ixi_volume", "head_volume", "phantom_volume", "icbm152_volume",
                "spine_volume")
-DEFAULT_ROW = ("mrisr upscale default (dualarbnet_s, registration, adaptation and reference "
-               "check auto)")
-BEFORE_CHECK_ROW = ("dualarbnet_s, registration auto, adapt auto (the default before the "
-                    "reference check)")
+#: Whole volumes in thick slices, on scans no 2D model trained on (configs/cross/thick_*.yaml).
+THICK_VOLUME_SETS = ("thick_ixi", "thick_head")
+DEFAULT_ROW = ("mrisr upscale default (dualarbnet_robust, registration, adaptation and "
+               "calibration auto)")
+FORCED_CHECK_ROW = ("dualarbnet_robust, registration, adaptation and reference check auto (the "
+                    "check forced)")
+BEFORE_ROW = ("dualarbnet_s, registration, adaptation and reference check auto (the default "
+              "before dualarbnet_robust)")
 HEADERS_ROW = "Dual-ArbNet (dualarbnet_s) + projection, headers"
 NO_REFERENCE_ROW = "LIIF (liif_s) + projection + gain (default without reference)"
-ROBUST_DEFAULT_ROW = "dualarbnet_robust, as the default with a reference"
 CANDIDATE_PREFIX = "candidate "
 DEGRADATIONS = ("kspace", "gaussian")
 #: Rows whose gains over zero-filled k-space and cubic interpolation are tabulated.
 GAIN_ROWS = ("Dual-ArbNet (dualarbnet_s) + projection", "LIIF (liif_s) + projection",
              "Dual-ArbNet (dualarbnet_s) + projection + adapt 40",
              "Dual-ArbNet robust + projection", "Dual-ArbNet robust + projection + adapt 40",
-             HEADERS_ROW, BEFORE_CHECK_ROW, DEFAULT_ROW, ROBUST_DEFAULT_ROW)
+             HEADERS_ROW, BEFORE_ROW, FORCED_CHECK_ROW, DEFAULT_ROW,
+             NO_REFERENCE_ROW)
 ADAPT_STEPS = 40
 #: Row order of the joined tables (methods not listed come last).
 ROW_ORDER = ("cubic", "kspace_zerofill", "LIIF (liif_s)", "LIIF (liif_s) + projection",
@@ -113,14 +118,14 @@ def run(group: str, sets: list[str], threads: int, model: str = None,
             if not model:
                 raise SystemExit("--group candidate needs --model (a checkpoint or preset)")
             label = label or "/".join(Path(model).parts[-2:])
-            methods = [_default_decisions("dualarbnet_robust", ROBUST_DEFAULT_ROW),
-                       _default_decisions(model, CANDIDATE_PREFIX + label)]
+            methods = [_default_decisions(model, CANDIDATE_PREFIX + label)]
         for name in sets:
             data = load_yaml(REPO / "configs" / "cross" / f"{name}.yaml")
+            thick = name in THICK_VOLUME_SETS or name == "thick"
             if methods is not None:
                 data["methods"] = methods
             cfg = from_dict(EvaluateConfig, data, source=f"{name}.yaml")
-            out = RESULTS / f"{name}-kspace-{group}"
+            out = RESULTS / f"{name}-{'thick_slice' if thick else 'kspace'}-{group}"
             print(f"== {name} {group} -> {out}", flush=True)
             write_report(evaluate(cfg, show_progress=False), out)
             print((out / "table.md").read_text(), flush=True)
@@ -157,7 +162,8 @@ def _means(rows: list[dict]) -> dict:
 def table() -> str:
     blocks = []
     for degradation, sets in (("kspace", INPLANE_SETS), ("gaussian", INPLANE_SETS),
-                              ("thick_slice", ("thick",)), ("kspace", VOLUME_SETS)):
+                              ("thick_slice", ("thick",)), ("kspace", VOLUME_SETS),
+                              ("thick_slice", THICK_VOLUME_SETS)):
         cols, means, order = [], {}, []
         for name in sets:
             rows = _read(name, degradation)
@@ -172,7 +178,8 @@ def table() -> str:
         order.sort(key=lambda m: (ROW_ORDER.index(m) if m in ROW_ORDER else len(ROW_ORDER)))
         head = "| method | " + " | ".join(f"{n} x{s}" for n, s in cols) + " |"
         rule = "|---|" + "---|" * len(cols)
-        kind = degradation + (", whole volumes" if sets == VOLUME_SETS else "")
+        kind = degradation + (", whole volumes" if sets in (VOLUME_SETS, THICK_VOLUME_SETS)
+                              else "")
         lines = [f"**{kind}: PSNR (dB)**", "", head, rule]
         ssim = ["", f"**{kind}: SSIM**", "", head, rule]
         for m in order:
@@ -215,7 +222,7 @@ def main(argv=None) -> int:
     sub.add_parser("table")
     args = parser.parse_args(argv)
     if args.command == "run":
-        default = VOLUME_SETS if args.group in ("volume", "candidate") else \
+        default = VOLUME_SETS + THICK_VOLUME_SETS if args.group in ("volume", "candidate") else \
             INPLANE_SETS + ("thick",)
         run(args.group, args.sets.split(",") if args.sets else list(default), args.threads,
             args.model, args.label)

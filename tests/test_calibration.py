@@ -222,8 +222,9 @@ def test_reference_check_skips_a_reference_coarser_than_the_output(volume):
 
 
 def test_default_with_reference_records_the_reference_check(tmp_path):
-    """The default of a 2D job with a reference: the reference check in the sidecar's
-    calibration decision, and none with --no-calibrate."""
+    """A 2D job with a reference and a model trained on real pairs alone: the reference check
+    in the sidecar's calibration decision, and none with --no-calibrate; the default model,
+    trained with synthetic references, runs no check and says why."""
     import json
 
     from mrisr.cli.main import main
@@ -236,7 +237,7 @@ def test_default_with_reference_records_the_reference_check(tmp_path):
     save_nifti(ph.t1w, ph.affine, ref)
     assert main(["degrade", str(hr), "--scale", "2,2,1", "-o", str(scan)]) == 0
     args = ["upscale", str(scan), "--ref", str(ref), "--scale", "2,2,1", "-q",
-            "--no-register"]
+            "--no-register", "--model", "dualarbnet_s"]
     assert main([*args, "-o", str(tmp_path / "out.nii.gz")]) == 0
     decision = json.loads((tmp_path / "out.json").read_text())["decisions"]["calibration"]
     assert decision["choice"] == "gain" and decision["evidence"]["check"] == "reference"
@@ -246,6 +247,13 @@ def test_default_with_reference_records_the_reference_check(tmp_path):
     off = json.loads((tmp_path / "off.json").read_text())["decisions"]["calibration"]
     assert off["choice"] == "none" and "detail_gain" not in json.loads(
         (tmp_path / "off.json").read_text())
+    default = [a for a in args if a not in ("--model", "dualarbnet_s")]
+    assert main([*default, "-o", str(tmp_path / "default.nii.gz")]) == 0
+    sidecar = json.loads((tmp_path / "default.json").read_text())
+    assert sidecar["model"] == "dualarbnet_robust" and sidecar["synthetic_references"]
+    skipped = sidecar["decisions"]["calibration"]
+    assert skipped["choice"] == "none" and "synthetic references" in skipped["reason"]
+    assert "detail_gain" not in sidecar
 
 
 @pytest.mark.parametrize("value, with_reference, applies", [
@@ -255,3 +263,14 @@ def test_reference_check_modes(value, with_reference, applies):
     from mrisr.inference.decisions import reference_check_applies
 
     assert reference_check_applies(value, with_reference) is applies
+    assert not reference_check_applies(value, with_reference, synthetic_references=True)
+
+
+def test_synthetic_references_are_read_from_the_training_config():
+    from mrisr.inference.selection import trained_with_synthetic_references as synthetic
+
+    assert not synthetic({}) and not synthetic({"data": {"synthetic": 0.0}})
+    assert synthetic({"data": {"synthetic": 0.3}})
+    assert synthetic({"data": {"sources": [{"kind": "brats", "synthetic": 0.0},
+                                           {"kind": "images", "files": ["a.nii.gz"]}]}})
+    assert not synthetic({"data": {"sources": [{"kind": "brats", "synthetic": 0}]}})

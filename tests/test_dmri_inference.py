@@ -298,7 +298,7 @@ def test_default_model_of_a_series_with_reference(dwi_files, tmp_path, monkeypat
     # ... ones that did are.
     monkeypatch.setattr(selection, "DMRI_MODELS_ABOVE_CUBIC", (default,))
     assert up.default_model_name(True, series=True) == default
-    assert up.default_model_name(True) == "dualarbnet_s"
+    assert up.default_model_name(True) == selection.DEFAULT_MODEL_FALLBACK  # weights "absent"
     assert up.default_model_name(False, series=True) == "cubic"  # trained without T1w dropout
     assert run("model")["model"] == default
 

@@ -357,10 +357,10 @@ def test_default_model_follows_the_job():
     assert is_thick_slice((64, 64, 20), (64, 64, 100))
     assert not is_thick_slice((32, 32, 20), (64, 64, 20))
     assert not is_thick_slice((32, 32, 20), (64, 64, 30))  # 2x in-plane, 1.5x through-plane
-    assert default_model_name(True) == "dualarbnet_s"
-    assert default_model_name(False, thick=True) == "liif_s"
-    thick = "dualarbnet_robust" if weights_path("dualarbnet_robust").exists() else "dualarbnet_s"
-    assert default_model_name(True, thick=True) == thick
+    default = "dualarbnet_robust" if weights_path("dualarbnet_robust").exists() else \
+        "dualarbnet_s"
+    assert default_model_name(True) == default
+    assert default_model_name(False) == "liif_s"
 
 
 def test_acquire_like_averages_the_moving_image_over_each_static_voxel():

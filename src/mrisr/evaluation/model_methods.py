@@ -16,6 +16,7 @@ from mrisr.devices import select_device
 from mrisr.errors import InputError
 from mrisr.evaluation.methods import SRCase, SRMethod, register_method
 from mrisr.inference.predict import predict_slice
+from mrisr.inference.selection import trained_with_synthetic_references
 from mrisr.inference.volume3d import DEFAULT_CHUNK, DEFAULT_TILE, VolumeUpscaler, is_volume_model
 from mrisr.models.loading import load_model
 from mrisr.precision import resolve_precision
@@ -41,6 +42,9 @@ class ModelMethod(SRMethod):
     gain of ``mrisr upscale --calibrate`` (``on``, ``off``, the default, or ``auto``, that of
     ``mrisr upscale``; :mod:`mrisr.inference.calibration`). precision: the network's
     arithmetic, ``auto`` (as ``mrisr upscale``), ``fp32`` or ``bf16`` (:mod:`mrisr.precision`).
+    synthetic_references: whether the model counts as trained with synthetic references, which
+    turns the reference check off (:func:`mrisr.inference.decisions.reference_check_applies`);
+    ``None``: as its training config says.
     2D cases run through :func:`~mrisr.inference.predict.predict_slice`; 3D cases (``mode:
     volume``) through :func:`mrisr.inference.upscale.upscale`, exactly as ``mrisr upscale``
     runs a NIfTI volume.
@@ -49,7 +53,8 @@ class ModelMethod(SRMethod):
     def __init__(self, model: Union[str, nn.Module] = "dualarbnet_s", device: str = "auto",
                  input_kind: Optional[str] = None, threads: Optional[int] = None,
                  adapt: Union[int, str] = 0, consistency: str = "none", register="off",
-                 calibrate="off", precision: str = "auto"):
+                 calibrate="off", precision: str = "auto",
+                 synthetic_references: Optional[bool] = None):
         if threads:
             torch.set_num_threads(threads)
         self.device = select_device(device)
@@ -59,6 +64,9 @@ class ModelMethod(SRMethod):
         # An nn.Module has no training config: its input kind comes from its channels.
         self.input_kind = input_kind or loaded.input_kind
         self.uses_reference = self.model.uses_reference
+        self.synthetic_references = trained_with_synthetic_references(
+            getattr(loaded, "train_config", None) or {}) if synthetic_references is None \
+            else bool(synthetic_references)
         # "auto" (mrisr upscale's default) is decided inside upscale(): 3D cases only.
         self.adapt = adapt if adapt == "auto" else int(adapt)
         self.consistency = consistency
@@ -105,7 +113,8 @@ class ModelMethod(SRMethod):
             return Volume(np.abs(data).astype(np.float32),
                           resample_affine(np.eye(4), case.out_shape, data.shape), None, name)
         ref = volume(case.reference, "reference") if self.uses_reference else None
-        desc = {"model": "evaluated", "input": self.input_kind}
+        desc = {"model": "evaluated", "input": self.input_kind,
+                "synthetic_references": self.synthetic_references}
         result = upscale(volume(case.lr, "input"), ref, shape=tuple(case.out_shape),
                          loaded_model=(self.model, desc), device=str(self.device),
                          consistency=self.consistency, adapt=self.adapt,

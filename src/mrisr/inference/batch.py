@@ -324,11 +324,9 @@ class UpscaleBatch:
         """
         import torch
 
-        from mrisr.inference.decisions import is_thick_slice
         from mrisr.inference.selection import load_upscale_model
-        from mrisr.inference.upscale import output_grid, upscale_file
+        from mrisr.inference.upscale import upscale_file
         from mrisr.inference.volume3d import DEFAULT_ADAPT_STEPS_3D, is_volume_model
-        from mrisr.io.nifti import affine_mm, open_nifti
         from mrisr.training.adapt import DEFAULT_ADAPT_STEPS
 
         if threads:
@@ -338,14 +336,9 @@ class UpscaleBatch:
         models: dict = {}  # one model per kind of input, reused by every job of that kind
         for job in self.jobs:
             try:
-                # The default model depends on the reference, on whether the input is a
-                # series and on whether the job upscales thick slices.
-                header = open_nifti(job.target)
-                out_shape, _ = output_grid(header.shape[:3], affine_mm(header),
-                                           options.get("scale"), options.get("voxel_size"),
-                                           options.get("shape"))
-                key = (job.reference is not None, is_series_file(job.target),
-                       is_thick_slice(header.shape[:3], out_shape))
+                # The default model depends on the reference and on whether the input is a
+                # series.
+                key = (job.reference is not None, is_series_file(job.target))
                 if key not in models:
                     models[key] = load_upscale_model(self.model, *key)
                 if on_job is not None:

@@ -31,6 +31,7 @@ __all__ = ["Decision", "Decisions", "SWITCH_MODES", "REGISTER_MODES", "switch_mo
            "register_mode", "register_flag_3d", "is_thick_slice", "decide_model",
            "EVIDENCE_RATIO", "registration_rule", "register_reference", "decide_adaptation",
            "adaptation_outcome", "calibrate_applies", "reference_check_applies",
+           "SYNTHETIC_REFERENCES_REASON",
            "decide_calibration",
            "consistency_decision"]
 
@@ -134,7 +135,7 @@ def decide_model(name: Optional[str], has_reference: bool, series: bool,
     job = {"series": bool(series), "reference": bool(has_reference), "thick_slice": thick}
     if name is not None:
         return Decision(str(name), "given (--model)", job)
-    chosen = default_model_name(has_reference, series, thick)
+    chosen = default_model_name(has_reference, series)
     what = ("a 4D series" if series else "thick slices" if thick else "in-plane upscaling") + \
         (" with a reference" if has_reference else " without a reference")
     return Decision(chosen, f"the default for {what}", job)
@@ -260,23 +261,36 @@ def calibrate_applies(calibrate, two_d_without_reference: bool) -> bool:
     return mode == "on" or (mode == "auto" and two_d_without_reference)
 
 
-def reference_check_applies(calibrate, two_d_with_reference: bool) -> bool:
+#: Why ``auto`` runs no reference check for a model trained with synthetic references.
+SYNTHETIC_REFERENCES_REASON = (
+    "auto: no reference check for a model trained with synthetic references (on the ICBM152 "
+    "template at x2 it cost dualarbnet_robust 1.0 dB)")
+
+
+def reference_check_applies(calibrate, two_d_with_reference: bool,
+                            synthetic_references: bool = False) -> bool:
     """Whether a 2D job with a reference weighs its detail by the reference check
-    (:func:`mrisr.inference.calibration.reference_check`): with ``"auto"`` (the default). The
-    one-octave-lower fit underrates in-domain models (0.39 dB lost on brats at x2), while the
-    reference check changes the output only where the reference is much smoother at the job's
-    octave than the models expect (docs/benchmarks/cross_dataset.md, "The reference check")."""
-    return switch_mode(calibrate, "calibrate") == "auto" and two_d_with_reference
+    (:func:`mrisr.inference.calibration.reference_check`): with ``"auto"`` (the default), for
+    a model trained on real pairs alone. The one-octave-lower fit underrates in-domain models
+    (0.39 dB lost on brats at x2), while the reference check changes the output only where the
+    reference is much smoother at the job's octave than the models expect: for
+    ``dualarbnet_s`` on the ICBM152 template at x2 (+2.2 dB). A model trained with synthetic
+    references (random remappings of the target, ``synthetic_references``: the ``dualarbnet_robust``
+    recipe) handled that template itself, and the check cost it 1.0 dB there
+    (docs/benchmarks/cross_dataset.md, "The reference check")."""
+    return switch_mode(calibrate, "calibrate") == "auto" and two_d_with_reference and \
+        not synthetic_references
 
 
 def decide_calibration(calibrate, two_d_without_reference: bool,
-                       entry: Optional[dict] = None) -> Decision:
+                       entry: Optional[dict] = None, skipped: Optional[str] = None) -> Decision:
     """The calibration decision (:func:`calibrate_applies`, :func:`reference_check_applies`)
-    with the fitted ``entry`` (``info["detail_gain"]``) as its evidence when there is one."""
+    with the fitted ``entry`` (``info["detail_gain"]``) as its evidence when there is one;
+    ``skipped``: why ``auto`` fitted nothing, where the default reason does not say it."""
     mode = switch_mode(calibrate, "calibrate")
     checked = entry is not None and entry.get("check") == "reference"
     if not (calibrate_applies(calibrate, two_d_without_reference) or checked):
-        reason = "--calibrate off" if mode == "off" else \
+        reason = "--calibrate off" if mode == "off" else skipped or \
             "auto: fitted only for 2D models"
         return Decision("none", reason)
     reason = "--calibrate on" if mode == "on" else (

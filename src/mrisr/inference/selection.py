@@ -16,9 +16,9 @@ import numpy as np
 from mrisr.errors import InputError
 
 __all__ = ["INTERPOLATION_MODELS", "VolumeInterpolation", "DEFAULT_MODEL", "DEFAULT_MODEL_NO_REF",
-           "DEFAULT_THICK_SLICE_MODEL", "DEFAULT_DMRI_MODEL",
+           "DEFAULT_MODEL_FALLBACK", "DEFAULT_DMRI_MODEL",
            "DEFAULT_DMRI_MODEL_NO_T1", "DMRI_MODELS_ABOVE_CUBIC", "SERIES_FALLBACK",
-           "default_model_name", "is_series_file",
+           "default_model_name", "is_series_file", "trained_with_synthetic_references",
            "check_model_name", "load_upscale_model"]
 
 #: Interpolation baselines usable as ``--model`` (label of the evaluation methods -> kind of
@@ -26,13 +26,16 @@ __all__ = ["INTERPOLATION_MODELS", "VolumeInterpolation", "DEFAULT_MODEL", "DEFA
 INTERPOLATION_MODELS = {"nearest": "nearest", "linear": "linear", "cubic": "cubic",
                         "kspace_zerofill": "sinc"}
 
-#: Default 2D models: with a reference, without one, and with a reference for thick slices
-#: (one axis upscaled >= 2x and >= 1.5x more than the others), where the fine-tuned
-#: dualarbnet_robust measured +0.7 to +1.1 dB over dualarbnet_s on the brats18 test patients'
-#: T2 in 3 and 5 mm slices, and 0.3 to 0.6 dB below it in-plane (docs/BENCHMARKS.md).
-DEFAULT_MODEL = "dualarbnet_s"
+#: Default 2D models: with a reference (in-plane and thick slices alike), without one, and with
+#: a reference where DEFAULT_MODEL's weights are not installed. dualarbnet_robust (trained for
+#: hours on brats pairs, synthetic contrasts and three whole heads) beat dualarbnet_s by
+#: +0.6 / +0.2 / +0.1 dB on a whole head, +1.6 dB at x4 on a template pair no model saw and
+#: +1.4 / +1.5 / +1.1 dB on the cervical spine, and kept the reference from costing anything
+#: there; it is 0.3 / 0.35 dB behind dualarbnet_s at x4 / x8 on the brats test patients like
+#: dualarbnet_s's training data (docs/benchmarks/cross_dataset.md, "Whole volumes").
+DEFAULT_MODEL = "dualarbnet_robust"
 DEFAULT_MODEL_NO_REF = "liif_s"
-DEFAULT_THICK_SLICE_MODEL = "dualarbnet_robust"
+DEFAULT_MODEL_FALLBACK = "dualarbnet_s"
 #: Default model of a 4D (diffusion) series with a T1w reference, when its weights are shipped
 #: and it is in DMRI_MODELS_ABOVE_CUBIC.
 DEFAULT_DMRI_MODEL = "csr_dmri_s"
@@ -85,12 +88,12 @@ def _shipped_with_t1_dropout(name: str) -> bool:
         return False
 
 
-def default_model_name(has_reference: bool, series: bool = False, thick: bool = False) -> str:
+def default_model_name(has_reference: bool, series: bool = False) -> str:
     """The model of ``mrisr upscale`` without ``--model``: for a 4D ``series``, the shipped 3D
     diffusion model that fits (with or without a T1w reference) when it is one of
     :data:`DMRI_MODELS_ABOVE_CUBIC`, else :data:`SERIES_FALLBACK`; for a 3D volume
-    ``dualarbnet_s`` with a reference (``dualarbnet_robust`` for a ``thick``-slice job, when its
-    weights are shipped) and ``liif_s`` without."""
+    :data:`DEFAULT_MODEL` with a reference (:data:`DEFAULT_MODEL_FALLBACK` where its weights are
+    not installed) and :data:`DEFAULT_MODEL_NO_REF` without."""
     from mrisr.models.registry import weights_path
 
     def shipped(name: str) -> bool:
@@ -107,9 +110,7 @@ def default_model_name(has_reference: bool, series: bool = False, thick: bool = 
         return SERIES_FALLBACK
     if not has_reference:
         return DEFAULT_MODEL_NO_REF
-    if thick and weights_path(DEFAULT_THICK_SLICE_MODEL).exists():
-        return DEFAULT_THICK_SLICE_MODEL
-    return DEFAULT_MODEL
+    return DEFAULT_MODEL if weights_path(DEFAULT_MODEL).exists() else DEFAULT_MODEL_FALLBACK
 
 
 def is_series_file(path: str | os.PathLike) -> bool:
@@ -149,8 +150,17 @@ def check_model_name(name: Optional[str]) -> None:
         raise _not_found(name)
 
 
-def load_upscale_model(name: Optional[str], has_reference: bool, series: bool = False,
-                       thick: bool = False) -> tuple:
+def trained_with_synthetic_references(train_config: dict) -> bool:
+    """Whether a 2D model's training config (its checkpoint's) replaced references by random
+    remappings of the images (``synthetic`` > 0, or a source of ``kind: images``, which always
+    does: :class:`mrisr.training.config.SourceSpec`)."""
+    data = (train_config or {}).get("data") or {}
+    sources = [data, *(data.get("sources") or [])]
+    return any(float((source or {}).get("synthetic") or 0) > 0 or
+               (source or {}).get("kind") == "images" for source in sources)
+
+
+def load_upscale_model(name: Optional[str], has_reference: bool, series: bool = False) -> tuple:
     """The ``(model, description)`` pack of :func:`~mrisr.inference.upscale.upscale`: an
     interpolation baseline, or a preset with shipped weights or a checkpoint path resolved by
     :func:`mrisr.models.loading.load_model`; the description is what the sidecar records.
@@ -159,7 +169,7 @@ def load_upscale_model(name: Optional[str], has_reference: bool, series: bool = 
     from mrisr.models.registry import PRESETS
 
     chosen = name
-    name = name or default_model_name(has_reference, series, thick)
+    name = name or default_model_name(has_reference, series)
     if name in INTERPOLATION_MODELS:
         desc = {"model": name, "architecture": "interpolation", "code_version": None,
                 "input": "magnitude", "t1_registered_in_training": False}
@@ -180,7 +190,8 @@ def load_upscale_model(name: Optional[str], has_reference: bool, series: bool = 
     if loaded.uses_reference and not has_reference and not t1_dropout:
         raise InputError(f"model '{name}' needs a reference image: give one with --ref, or "
                          "leave out --model for the default without a reference")
+    synthetic = trained_with_synthetic_references(loaded.train_config)
     return loaded.model, {"model": name, "architecture": loaded.metadata["model"],
                           "code_version": loaded.metadata.get("code_version"),
                           "input": loaded.input_kind, "t1_registered_in_training": registered,
-                          "t1_dropout": t1_dropout}
+                          "t1_dropout": t1_dropout, "synthetic_references": synthetic}

@@ -49,7 +49,8 @@ from mrisr.errors import InputError, MrisrWarning
 from mrisr.grid import (ScaleLike, as_scales, resample_affine, shape_for_voxel_size,
                         upscaled_shape, voxel_sizes)
 from mrisr.inference.coarsen import reduce_to_output
-from mrisr.inference.decisions import (Decision, Decisions, adaptation_outcome,
+from mrisr.inference.decisions import (SYNTHETIC_REFERENCES_REASON, Decision, Decisions,
+                                       adaptation_outcome,
                                        calibrate_applies, consistency_decision,
                                        decide_adaptation, decide_calibration, decide_model,
                                        is_thick_slice, reference_check_applies,
@@ -339,8 +340,7 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
     target, reduced = reduce_to_output(target, out_shape)
     zooms = voxel_sizes(target.affine)
     axis = choose_slice_axis(target.spatial_shape, out_shape, zooms, plane)
-    net, desc = loaded_model or load_upscale_model(
-        model, reference is not None, thick=is_thick_slice(target.spatial_shape, out_shape))
+    net, desc = loaded_model or load_upscale_model(model, reference is not None)
     decisions = Decisions(model=decide_model(model, reference is not None, False,
                                              target.spatial_shape, out_shape)
                           if loaded_model is None else
@@ -421,7 +421,8 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
     info["consistency"] = apply_consistency(data, target.data, consistency)
     decisions.consistency = consistency_decision(info["consistency"])
     calibrates = calibrate_applies(calibrate, ref_grid is None)
-    checks = reference_check_applies(calibrate, ref_grid is not None)
+    synthetic = bool(desc.get("synthetic_references"))
+    checks = reference_check_applies(calibrate, ref_grid is not None, synthetic)
     if (calibrates or checks) and info["consistency"].get("model") == "kspace":
         from mrisr.inference.calibration import apply_detail_gain, detail_gain, reference_check
 
@@ -436,8 +437,9 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
     elif calibrates or checks:
         info["detail_gain"] = {**({"check": "reference"} if checks else {}), "gain": 1.0,
                                "reason": "needs the in-plane k-space projection"}
-    decisions.calibration = decide_calibration(calibrate, ref_grid is None,
-                                               info.get("detail_gain"))
+    decisions.calibration = decide_calibration(
+        calibrate, ref_grid is None, info.get("detail_gain"),
+        SYNTHETIC_REFERENCES_REASON if ref_grid is not None and synthetic else None)
     info["decisions"] = decisions.as_dict()
     info["seconds"] = round(time.perf_counter() - t0, 3)
     return UpscaleResult(data=data, affine=out_affine, info=info, adapted_model=adapted)
@@ -566,8 +568,7 @@ def _upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
     # With loaded_model, "model" is the name it was loaded for (None: the default), if known.
     named = loaded_model is None or "model" in options
     model_name = options.pop("model", None)
-    model_pack = loaded_model or load_upscale_model(model_name, reference is not None, series,
-                                                    thick=is_thick_slice(shape3, out_shape))
+    model_pack = loaded_model or load_upscale_model(model_name, reference is not None, series)
     # The file's decisions; each volume's upscale() records the rest (calibration, projection).
     decisions = Decisions(model=decide_model(model_name, reference is not None, series, shape3,
                                              out_shape) if named else
