@@ -113,17 +113,17 @@ def run(group: str, sets: list[str], threads: int, model: str = None,
 
     torch.set_num_threads(threads)
     if group in ("volume", "candidate"):
-        methods = None
+        rows = None
         if group == "candidate":
             if not model:
                 raise SystemExit("--group candidate needs --model (a checkpoint or preset)")
             label = label or "/".join(Path(model).parts[-2:])
-            methods = [_default_decisions(model, CANDIDATE_PREFIX + label)]
+            rows = [_default_decisions(model, CANDIDATE_PREFIX + label)]
         for name in sets:
             data = load_yaml(REPO / "configs" / "cross" / f"{name}.yaml")
             thick = name in THICK_VOLUME_SETS or name == "thick"
-            if methods is not None:
-                data["methods"] = methods
+            if rows is not None:
+                data["methods"] = rows
             cfg = from_dict(EvaluateConfig, data, source=f"{name}.yaml")
             out = RESULTS / f"{name}-{'thick_slice' if thick else 'kspace'}-{group}"
             print(f"== {name} {group} -> {out}", flush=True)

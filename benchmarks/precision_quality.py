@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-SETS = ("brats_volume", "ixi_volume", "head_volume", "phantom_volume", "thick")
+SETS = ("brats_volume", "ixi_volume", "head_volume", "phantom_volume", "icbm152_volume",
+        "spine_volume", "thick")
 #: Rows that run a network and that a default of mrisr upscale uses (2D models).
 ROWS = ("LIIF (liif_s) + projection + gain (default without reference)",
         "Dual-ArbNet (dualarbnet_s) + projection, headers",
-        "mrisr upscale default (dualarbnet_s, registration auto, adapt auto)",
+        "mrisr upscale default (dualarbnet_robust, registration, adaptation and calibration auto)",
         "LIIF (liif_s) + projection", "Dual-ArbNet robust + projection")
 
 

@@ -10,7 +10,7 @@ import torch
 from mrisr.config import from_dict
 from mrisr.degradation import kspace_lowpass_mask
 from mrisr.degradation.kspace import centered_fft, centered_ifft
-from mrisr.errors import ConfigError
+from mrisr.errors import ConfigError, MrisrError
 from mrisr.evaluation import EvaluateConfig, evaluate
 from mrisr.models import load_checkpoint
 from mrisr.models.query import sample_grid
@@ -108,6 +108,27 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, ema_decay):
     log_a = (tmp_path / "a" / "run" / "log.csv").read_text().splitlines()
     log_b = (tmp_path / "b" / "run" / "log.csv").read_text().splitlines()
     assert [r.split(",")[:3] for r in log_a] == [r.split(",")[:3] for r in log_b]
+
+
+def test_a_resumed_run_needs_no_init_weights(tmp_path):
+    """A fine-tuning run continued on a fresh machine: its model.init is gone, its last.pt is
+    there, and it resumes from the latter."""
+    import shutil
+
+    init = tmp_path / "init.pt"
+    shutil.copyfile(train(tiny_config(tmp_path / "a", steps=(1, 1)), show_progress=False), init)
+    cfg = tiny_config(tmp_path / "b", steps=(3, 3))
+    cfg.model.init = str(init)
+    cfg.run.max_minutes = 1e-9
+    train(cfg, show_progress=False)
+    init.unlink()
+    cfg.run.max_minutes = None
+    final = train(cfg, resume="auto", show_progress=False)
+    assert load_checkpoint(final).payload["step"] == 6
+    fresh = tiny_config(tmp_path / "c", steps=(3, 3))
+    fresh.model.init = str(init)
+    with pytest.raises(MrisrError, match="init"):  # a new run still needs them
+        train(fresh, show_progress=False)
 
 
 def test_weight_average_is_what_final_checkpoint_holds(tmp_path):

@@ -611,8 +611,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output NIfTI (a folder for batches)")
     p.add_argument("--model", help="preset with shipped weights, checkpoint path, or an "
                    "interpolation baseline: nearest, linear, cubic, kspace_zerofill (default: "
-                   "csr_dmri_s for a 4D series with --ref when its weights are shipped, else "
-                   "dualarbnet_s with --ref, liif_s without)")
+                   "dualarbnet_robust with --ref, liif_s without, cubic for a 4D series, "
+                   "where no shipped 3D model beats it on other scanners)")
     p.add_argument("--plane", default="auto",
                    choices=["auto", "axial", "coronal", "sagittal", "0", "1", "2"],
                    help="slice plane for 2D models: auto, axial, coronal, sagittal or an axis "
@@ -649,10 +649,12 @@ def build_parser() -> argparse.ArgumentParser:
                 help="scale the detail the model adds (2D models with the k-space "
                      "projection: beyond the measured band; 3D models: its correction to cubic "
                      "interpolation) by a gain in [0, 1] fitted on the input degraded once "
-                     "more. By default 2D models without --ref do; with --ref the default "
-                     "checks the reference itself at the job's octave and weighs the detail "
-                     "only where a model without the reference does worse than zero-filling "
-                     "there (see docs/BENCHMARKS.md for what each gains and costs)",
+                     "more. By default 2D models without --ref do; with --ref, models trained "
+                     "on real pairs alone (e.g. dualarbnet_s) check the reference itself at "
+                     "the job's octave and weigh the detail only where a model without the "
+                     "reference does worse than zero-filling there; models trained with "
+                     "synthetic references (the default dualarbnet_robust) keep it (see "
+                     "docs/BENCHMARKS.md for what each gains and costs)",
                 off_help="never scale the model's detail")
     p.add_argument("--adapt", nargs="?", type=_adapt_steps, const="default", default="auto",
                    metavar="STEPS",

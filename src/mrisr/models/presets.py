@@ -36,8 +36,8 @@ for preset in (
 # acquisitions including thick slices (docs/BENCHMARKS.md, "Scans unlike the training data").
 for preset in (
     Preset("dualarbnet_robust", "dualarbnet", _COMPACT_DUALARBNET,
-           "dualarbnet_s fine-tuned on several sources with domain randomisation and random "
-           "acquisitions; the default for thick slices with a reference"),
+           "dualarbnet_s fine-tuned for hours on several sources with domain randomisation "
+           "and random acquisitions; the default with a reference"),
     Preset("liif_robust", "liif", {**_COMPACT_ENCODER, "hidden": [96, 96, 96, 96]},
            "liif_s trained from scratch like the first dualarbnet_robust attempt (not "
            "shipped: below liif_s on k-space-cropped inputs)"),

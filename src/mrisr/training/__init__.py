@@ -104,10 +104,15 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, show_progress: bool = 
         torch.set_num_threads(cfg.run.threads)
     info = init_distributed(select_device(cfg.run.device))
     device = select_device(cfg.run.device, info.local_rank)
+    last = Path(cfg.output) / "last.pt"
+    if resume == "auto":
+        resume = str(last) if last.exists() else None
     try:
         torch.manual_seed(cfg.run.seed)  # same initial weights on every rank
         model = create_model(cfg.model.name, **cfg.model.args)
-        if cfg.model.init:
+        # A resumed run takes its weights from its checkpoint: model.init need not exist then
+        # (a run continued on a fresh machine).
+        if cfg.model.init and not resume:
             initialise_from(model, cfg.model.init)
         task = build_task(cfg, model)
         manifest_digest = None
@@ -117,9 +122,6 @@ def train(cfg: TrainConfig, resume: Optional[str] = None, show_progress: bool = 
         trainer = Trainer(cfg, task, model, device, info,
                           {**task.describe_data(), "manifest_digest": manifest_digest},
                           validator)
-        last = Path(cfg.output) / "last.pt"
-        if resume == "auto":
-            resume = str(last) if last.exists() else None
         if resume:
             if not Path(resume).exists():
                 raise InputError(f"{resume}: checkpoint to resume from not found")
