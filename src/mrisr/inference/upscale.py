@@ -437,9 +437,12 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
     elif calibrates or checks:
         info["detail_gain"] = {**({"check": "reference"} if checks else {}), "gain": 1.0,
                                "reason": "needs the in-plane k-space projection"}
-    decisions.calibration = decide_calibration(
-        calibrate, ref_grid is None, info.get("detail_gain"),
-        SYNTHETIC_REFERENCES_REASON if ref_grid is not None and synthetic else None)
+    skipped = None
+    if ref_grid is not None and synthetic:
+        skipped = SYNTHETIC_REFERENCES_REASON if info["consistency"].get("model") == "kspace" \
+            else "auto: the reference check needs the in-plane k-space projection"
+    decisions.calibration = decide_calibration(calibrate, ref_grid is None,
+                                               info.get("detail_gain"), skipped)
     info["decisions"] = decisions.as_dict()
     info["seconds"] = round(time.perf_counter() - t0, 3)
     return UpscaleResult(data=data, affine=out_affine, info=info, adapted_model=adapted)
