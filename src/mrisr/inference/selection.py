@@ -30,9 +30,10 @@ INTERPOLATION_MODELS = {"nearest": "nearest", "linear": "linear", "cubic": "cubi
 #: a reference where DEFAULT_MODEL's weights are not installed. dualarbnet_robust (trained for
 #: hours on brats pairs, synthetic contrasts and three whole heads) beat dualarbnet_s by
 #: +0.6 / +0.2 / +0.1 dB on a whole head, +1.6 dB at x4 on a template pair no model saw and
-#: +1.4 / +1.5 / +1.1 dB on the cervical spine, and kept the reference from costing anything
-#: there; it is 0.3 / 0.35 dB behind dualarbnet_s at x4 / x8 on the brats test patients like
-#: dualarbnet_s's training data (docs/benchmarks/cross_dataset.md, "Whole volumes").
+#: +1.4 / +1.5 / +1.1 dB on the cervical spine, where the reference now adds instead of costs;
+#: it is 0.3 / 0.35 dB behind dualarbnet_s at x4 / x8 on the brats test patients like
+#: dualarbnet_s's training data (docs/benchmarks/cross_dataset.md, "dualarbnet_robust, trained
+#: for hours: the default with a reference").
 DEFAULT_MODEL = "dualarbnet_robust"
 DEFAULT_MODEL_NO_REF = "liif_s"
 DEFAULT_MODEL_FALLBACK = "dualarbnet_s"
