@@ -13,7 +13,8 @@ result to ``results/cross/<set>-<degradation>-<group>/``. The groups can run at 
 times (e.g. the baselines while the new models train); ``table`` joins them: one table per
 degradation, rows = methods, columns = test set x scale (PSNR / SSIM), then the default model's
 gain over zero-filled k-space and over cubic interpolation. The ``volume`` group runs the
-``*_volume`` configs and the thick-slice ``thick_ixi`` and ``thick_head`` as they are: whole
+``*_volume`` configs, the thick-slice ``thick_ixi`` and ``thick_head`` and the
+``*_volume_bicubic`` sets (a degradation no model trained on) as they are: whole
 volumes through ``mrisr upscale``'s function with its default decisions
 (``configs/cross/volume_base.yaml``, ``thick_volume_base.yaml``). The ``candidate``
 group runs, on the same whole-volume sets and with the same default decisions, a candidate
@@ -37,6 +38,9 @@ VOLUME_SETS = ("brats_volume", "ixi_volume", "head_volume", "phantom_volume", "i
                "spine_volume")
 #: Whole volumes in thick slices, on scans no 2D model trained on (configs/cross/thick_*.yaml).
 THICK_VOLUME_SETS = ("thick_ixi", "thick_head")
+#: Whole volumes degraded in-plane by a degradation no 2D model trained on: Gaussian
+#: anti-aliasing and cubic B-spline downsampling (configs/cross/*_volume_bicubic.yaml).
+BICUBIC_VOLUME_SETS = ("brats_volume_bicubic", "spine_volume_bicubic")
 DEFAULT_ROW = ("mrisr upscale default (dualarbnet_robust, registration, adaptation and "
                "calibration auto)")
 FORCED_CHECK_ROW = ("dualarbnet_robust, registration, adaptation and reference check auto (the "
@@ -121,11 +125,10 @@ def run(group: str, sets: list[str], threads: int, model: str = None,
             rows = [_default_decisions(model, CANDIDATE_PREFIX + label)]
         for name in sets:
             data = load_yaml(REPO / "configs" / "cross" / f"{name}.yaml")
-            thick = name in THICK_VOLUME_SETS or name == "thick"
             if rows is not None:
                 data["methods"] = rows
             cfg = from_dict(EvaluateConfig, data, source=f"{name}.yaml")
-            out = RESULTS / f"{name}-{'thick_slice' if thick else 'kspace'}-{group}"
+            out = RESULTS / f"{name}-{cfg.degradation}-{group}"
             print(f"== {name} {group} -> {out}", flush=True)
             write_report(evaluate(cfg, show_progress=False), out)
             print((out / "table.md").read_text(), flush=True)
@@ -163,7 +166,8 @@ def table() -> str:
     blocks = []
     for degradation, sets in (("kspace", INPLANE_SETS), ("gaussian", INPLANE_SETS),
                               ("thick_slice", ("thick",)), ("kspace", VOLUME_SETS),
-                              ("thick_slice", THICK_VOLUME_SETS)):
+                              ("thick_slice", THICK_VOLUME_SETS),
+                              ("bicubic_aa", BICUBIC_VOLUME_SETS)):
         cols, means, order = [], {}, []
         for name in sets:
             rows = _read(name, degradation)
@@ -178,8 +182,8 @@ def table() -> str:
         order.sort(key=lambda m: (ROW_ORDER.index(m) if m in ROW_ORDER else len(ROW_ORDER)))
         head = "| method | " + " | ".join(f"{n} x{s}" for n, s in cols) + " |"
         rule = "|---|" + "---|" * len(cols)
-        kind = degradation + (", whole volumes" if sets in (VOLUME_SETS, THICK_VOLUME_SETS)
-                              else "")
+        kind = degradation + (", whole volumes" if sets in (
+            VOLUME_SETS, THICK_VOLUME_SETS, BICUBIC_VOLUME_SETS) else "")
         lines = [f"**{kind}: PSNR (dB)**", "", head, rule]
         ssim = ["", f"**{kind}: SSIM**", "", head, rule]
         for m in order:
@@ -222,7 +226,8 @@ def main(argv=None) -> int:
     sub.add_parser("table")
     args = parser.parse_args(argv)
     if args.command == "run":
-        default = VOLUME_SETS + THICK_VOLUME_SETS if args.group in ("volume", "candidate") else \
+        default = VOLUME_SETS + THICK_VOLUME_SETS + BICUBIC_VOLUME_SETS \
+            if args.group in ("volume", "candidate") else \
             INPLANE_SETS + ("thick",)
         run(args.group, args.sets.split(",") if args.sets else list(default), args.threads,
             args.model, args.label)
