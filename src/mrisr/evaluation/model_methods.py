@@ -64,9 +64,8 @@ class ModelMethod(SRMethod):
         # An nn.Module has no training config: its input kind comes from its channels.
         self.input_kind = input_kind or loaded.input_kind
         self.uses_reference = self.model.uses_reference
-        self.synthetic_references = trained_with_synthetic_references(
-            getattr(loaded, "train_config", None) or {}) if synthetic_references is None \
-            else bool(synthetic_references)
+        self.synthetic_references = bool(synthetic_references) if synthetic_references \
+            is not None else trained_with_synthetic_references(loaded.train_config)
         # "auto" (mrisr upscale's default) is decided inside upscale(): 3D cases only.
         self.adapt = adapt if adapt == "auto" else int(adapt)
         self.consistency = consistency
