@@ -48,21 +48,24 @@ FORCED_CHECK_ROW = ("dualarbnet_robust, registration, adaptation and reference c
 BEFORE_ROW = ("dualarbnet_s, registration, adaptation and reference check auto (the default "
               "before dualarbnet_robust)")
 HEADERS_ROW = "Dual-ArbNet (dualarbnet_s) + projection, headers"
-NO_REFERENCE_ROW = "LIIF (liif_s) + projection + gain (default without reference)"
+NO_REFERENCE_ROW = "LIIF robust (liif_robust) + projection + gain (default without reference)"
+NO_REFERENCE_BEFORE_ROW = ("LIIF (liif_s) + projection + gain (the default without reference "
+                           "before liif_robust)")
 CANDIDATE_PREFIX = "candidate "
 DEGRADATIONS = ("kspace", "gaussian")
 #: Rows whose gains over zero-filled k-space and cubic interpolation are tabulated.
 GAIN_ROWS = ("Dual-ArbNet (dualarbnet_s) + projection", "LIIF (liif_s) + projection",
              "Dual-ArbNet (dualarbnet_s) + projection + adapt 40",
-             "Dual-ArbNet robust + projection", "Dual-ArbNet robust + projection + adapt 40",
-             HEADERS_ROW, BEFORE_ROW, FORCED_CHECK_ROW, DEFAULT_ROW,
-             NO_REFERENCE_ROW)
+             "LIIF robust + projection", "Dual-ArbNet robust + projection",
+             "Dual-ArbNet robust + projection + adapt 40", HEADERS_ROW, BEFORE_ROW,
+             FORCED_CHECK_ROW, DEFAULT_ROW, NO_REFERENCE_BEFORE_ROW, NO_REFERENCE_ROW)
 ADAPT_STEPS = 40
 #: Row order of the joined tables (methods not listed come last).
 ROW_ORDER = ("cubic", "kspace_zerofill", "LIIF (liif_s)", "LIIF (liif_s) + projection",
              "Dual-ArbNet (dualarbnet_s)", "Dual-ArbNet (dualarbnet_s) + projection",
              "Dual-ArbNet (dualarbnet_s) + projection + adapt 40",
-             "Dual-ArbNet robust + projection", "Dual-ArbNet robust + projection + adapt 40")
+             "LIIF robust + projection", "Dual-ArbNet robust + projection",
+             "Dual-ArbNet robust + projection + adapt 40")
 
 
 def _model(name: str, label: str, consistency: str = "none", adapt: int = 0) -> dict:
@@ -75,7 +78,7 @@ def _model(name: str, label: str, consistency: str = "none", adapt: int = 0) -> 
 def methods(group: str, adapt: bool) -> list[dict]:
     """``shipped``: interpolation and the models shipped before this evaluation, as they ran
     before (no projection) and as `mrisr upscale` now runs them (data-consistency projection;
-    with test-time adaptation); ``robust``: the fine-tuned dualarbnet_robust."""
+    with test-time adaptation); ``robust``: the fine-tuned liif_robust and dualarbnet_robust."""
     shipped = [
         {"name": "cubic"},
         {"name": "kspace_zerofill"},
@@ -84,7 +87,8 @@ def methods(group: str, adapt: bool) -> list[dict]:
         _model("liif_s", "LIIF (liif_s) + projection", "auto"),
         _model("dualarbnet_s", "Dual-ArbNet (dualarbnet_s) + projection", "auto"),
     ]
-    robust = [_model("dualarbnet_robust", "Dual-ArbNet robust + projection", "auto")]
+    robust = [_model("liif_robust", "LIIF robust + projection", "auto"),
+              _model("dualarbnet_robust", "Dual-ArbNet robust + projection", "auto")]
     if adapt:
         shipped.append(_model("dualarbnet_s", f"Dual-ArbNet (dualarbnet_s) + projection + "
                               f"adapt {ADAPT_STEPS}", "auto", ADAPT_STEPS))

@@ -229,6 +229,7 @@ def test_default_with_reference_records_the_reference_check(tmp_path):
 
     from mrisr.cli.main import main
     from mrisr.data.phantom import make_brain_phantom
+    from mrisr.inference import selection
     from mrisr.io.nifti import save_nifti
 
     ph = make_brain_phantom(shape=(128, 128, 4), voxel_size=(1, 1, 4))
@@ -241,6 +242,9 @@ def test_default_with_reference_records_the_reference_check(tmp_path):
     assert main([*args, "-o", str(tmp_path / "out.nii.gz")]) == 0
     decision = json.loads((tmp_path / "out.json").read_text())["decisions"]["calibration"]
     assert decision["choice"] == "gain" and decision["evidence"]["check"] == "reference"
+    # The check upscales the reference with the model its threshold was set with, not with
+    # whatever is the default without a reference.
+    assert decision["evidence"]["model"] == "liif_s" != selection.DEFAULT_MODEL_NO_REF
     assert 0.0 <= decision["evidence"]["gain"] <= 1.0
     assert decision["evidence"]["slices"] == 4
     assert main([*args, "-o", str(tmp_path / "off.nii.gz"), "--no-calibrate"]) == 0

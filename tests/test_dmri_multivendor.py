@@ -465,7 +465,7 @@ def test_series_default_without_t1w_follows_the_shipped_weights(tmp_path, monkey
     (tmp_path / "csr.yaml").write_text("dmri: {t1_dropout: 0.3}\n")
     assert up.default_model_name(False, series=True) == up.DEFAULT_DMRI_MODEL
     assert up.default_model_name(True, series=True) == up.DEFAULT_DMRI_MODEL
-    assert up.default_model_name(False) == "liif_s"
+    assert up.default_model_name(False) == selection.DEFAULT_MODEL_NO_REF_FALLBACK  # "absent"
 
 
 def test_a_method_run_with_and_without_the_t1w_gets_one_table_row_each():

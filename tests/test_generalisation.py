@@ -349,18 +349,28 @@ def test_default_adaptation_follows_the_registration(misplaced_reference):
     assert sidecar("aligned_auto")["decisions"]["adaptation"]["choice"] == "none"
 
 
-def test_default_model_follows_the_job():
-    from mrisr.inference.selection import default_model_name
+def test_default_model_follows_the_job(tmp_path, monkeypatch):
+    from mrisr.inference import selection
     from mrisr.inference.decisions import is_thick_slice
-    from mrisr.models.registry import weights_path
+    from mrisr.models import registry
 
     assert is_thick_slice((64, 64, 20), (64, 64, 100))
     assert not is_thick_slice((32, 32, 20), (64, 64, 20))
     assert not is_thick_slice((32, 32, 20), (64, 64, 30))  # 2x in-plane, 1.5x through-plane
-    default = "dualarbnet_robust" if weights_path("dualarbnet_robust").exists() else \
-        "dualarbnet_s"
-    assert default_model_name(True) == default
-    assert default_model_name(False) == "liif_s"
+    assert (selection.DEFAULT_MODEL, selection.DEFAULT_MODEL_NO_REF) == \
+        ("dualarbnet_robust", "liif_robust")
+    # The shipped defaults, and their fallbacks where their weights are not installed.
+    for name in ("dualarbnet_robust", "liif_robust"):
+        assert registry.weights_path(name).exists()
+    assert selection.default_model_name(True) == "dualarbnet_robust"
+    assert selection.default_model_name(False) == "liif_robust"
+    shipped = {"dualarbnet_s": tmp_path / "s.pt", "liif_s": tmp_path / "l.pt"}
+    for path in shipped.values():
+        path.write_bytes(b"")
+    monkeypatch.setattr(registry, "weights_path",
+                        lambda name: shipped.get(name, tmp_path / "absent.pt"))
+    assert selection.default_model_name(True) == "dualarbnet_s"
+    assert selection.default_model_name(False) == "liif_s"
 
 
 def test_acquire_like_averages_the_moving_image_over_each_static_voxel():

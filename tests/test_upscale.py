@@ -22,8 +22,8 @@ from mrisr.models.registry import weights_path
 
 from conftest import shared_dataset
 
-shipped = pytest.mark.skipif(not (weights_path("dualarbnet_s").exists() and
-                                  weights_path("liif_s").exists()),
+shipped = pytest.mark.skipif(not all(weights_path(name).exists() for name in
+                                     ("dualarbnet_s", "liif_s", "liif_robust")),
                              reason="shipped weights not built yet")
 
 
@@ -287,7 +287,7 @@ def test_batch_folder_and_sidecar(tmp_path, capsys):
         img = nib.load(str(tmp_path / "out" / f"s{i}.nii.gz"))
         assert img.shape == (80, 80, 4)
         info = json.loads((tmp_path / "out" / f"s{i}.json").read_text())
-        assert info["model"] == "liif_s" and info["mrisr_version"]
+        assert info["model"] == "liif_robust" and info["mrisr_version"]
         assert info["output_voxel_size"] == pytest.approx([1.0, 1.0, 4.0])
 
 

@@ -611,7 +611,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output NIfTI (a folder for batches)")
     p.add_argument("--model", help="preset with shipped weights, checkpoint path, or an "
                    "interpolation baseline: nearest, linear, cubic, kspace_zerofill (default: "
-                   "dualarbnet_robust with --ref, liif_s without, cubic for a 4D series, "
+                   "dualarbnet_robust with --ref, liif_robust without, cubic for a 4D series, "
                    "where no shipped 3D model beats it on other scanners)")
     p.add_argument("--plane", default="auto",
                    choices=["auto", "axial", "coronal", "sagittal", "0", "1", "2"],

@@ -15,8 +15,9 @@ import numpy as np
 
 from mrisr.errors import InputError
 
-__all__ = ["INTERPOLATION_MODELS", "VolumeInterpolation", "DEFAULT_MODEL", "DEFAULT_MODEL_NO_REF",
-           "DEFAULT_MODEL_FALLBACK", "DEFAULT_DMRI_MODEL",
+__all__ = ["INTERPOLATION_MODELS", "VolumeInterpolation", "DEFAULT_MODEL", "DEFAULT_MODEL_FALLBACK",
+           "DEFAULT_MODEL_NO_REF", "DEFAULT_MODEL_NO_REF_FALLBACK", "REFERENCE_CHECK_MODEL",
+           "DEFAULT_DMRI_MODEL",
            "DEFAULT_DMRI_MODEL_NO_T1", "DMRI_MODELS_ABOVE_CUBIC", "SERIES_FALLBACK",
            "default_model_name", "is_series_file", "trained_with_synthetic_references",
            "check_model_name", "load_upscale_model"]
@@ -26,22 +27,30 @@ __all__ = ["INTERPOLATION_MODELS", "VolumeInterpolation", "DEFAULT_MODEL", "DEFA
 INTERPOLATION_MODELS = {"nearest": "nearest", "linear": "linear", "cubic": "cubic",
                         "kspace_zerofill": "sinc"}
 
-#: Default 2D models: with a reference (in-plane and thick slices alike), without one, and with
-#: a reference where DEFAULT_MODEL's weights are not installed. dualarbnet_robust (trained for
+#: Default 2D models with a reference (in-plane and thick slices alike) and without one, each
+#: with the model used where its weights are not installed. dualarbnet_robust (trained for
 #: hours on brats pairs, synthetic contrasts and three whole heads) beat dualarbnet_s by
 #: +0.6 / +0.2 / +0.1 dB on a whole head, +1.6 dB at x4 on a template pair no model saw and
 #: +1.4 / +1.5 / +1.1 dB on the cervical spine, where the reference now adds instead of costs;
 #: it is 0.3 / 0.35 dB behind dualarbnet_s at x4 / x8 on the brats test patients like
 #: dualarbnet_s's training data (docs/benchmarks/cross_dataset.md, "dualarbnet_robust, trained
-#: for hours: the default with a reference").
+#: for hours: the default with a reference"). liif_robust is liif_s given the same recipe: the
+#: same trade without a reference (same document, "liif_robust: the default without a
+#: reference").
 DEFAULT_MODEL = "dualarbnet_robust"
-DEFAULT_MODEL_NO_REF = "liif_s"
 DEFAULT_MODEL_FALLBACK = "dualarbnet_s"
+DEFAULT_MODEL_NO_REF = "liif_robust"
+DEFAULT_MODEL_NO_REF_FALLBACK = "liif_s"
+#: The model without a reference that upscales the reference back in the reference check
+#: (:func:`mrisr.inference.calibration.reference_check`): its threshold was set with liif_s's
+#: detail, and liif_robust, which adds less of it on smooth images, does not trip it on the
+#: template where the check pays for dualarbnet_s.
+REFERENCE_CHECK_MODEL = "liif_s"
 #: Default model of a 4D (diffusion) series with a T1w reference, when its weights are shipped
 #: and it is in DMRI_MODELS_ABOVE_CUBIC.
 DEFAULT_DMRI_MODEL = "csr_dmri_s"
 #: Default model of a 4D series without a T1w, when its weights are shipped and
-#: DEFAULT_DMRI_MODEL's were not trained with T1w dropout (otherwise the slice-wise 2D liif_s).
+#: DEFAULT_DMRI_MODEL's were not trained with T1w dropout (otherwise SERIES_FALLBACK).
 DEFAULT_DMRI_MODEL_NO_T1 = "csr_dmri_s_m1"
 #: 3D presets whose shipped weights beat cubic interpolation on DWI series of scanners they
 #: were not trained on (issue 14's bar: x2, x3, x4 and x2.4 on at least six held-out series).
@@ -93,8 +102,8 @@ def default_model_name(has_reference: bool, series: bool = False) -> str:
     """The model of ``mrisr upscale`` without ``--model``: for a 4D ``series``, the shipped 3D
     diffusion model that fits (with or without a T1w reference) when it is one of
     :data:`DMRI_MODELS_ABOVE_CUBIC`, else :data:`SERIES_FALLBACK`; for a 3D volume
-    :data:`DEFAULT_MODEL` with a reference (:data:`DEFAULT_MODEL_FALLBACK` where its weights are
-    not installed) and :data:`DEFAULT_MODEL_NO_REF` without."""
+    :data:`DEFAULT_MODEL` with a reference and :data:`DEFAULT_MODEL_NO_REF` without (their
+    ``*_FALLBACK`` where the weights are not installed)."""
     from mrisr.models.registry import weights_path
 
     def shipped(name: str) -> bool:
@@ -109,9 +118,9 @@ def default_model_name(has_reference: bool, series: bool = False) -> str:
             return DEFAULT_DMRI_MODEL_NO_T1
     if series:
         return SERIES_FALLBACK
-    if not has_reference:
-        return DEFAULT_MODEL_NO_REF
-    return DEFAULT_MODEL if weights_path(DEFAULT_MODEL).exists() else DEFAULT_MODEL_FALLBACK
+    preferred, fallback = ((DEFAULT_MODEL, DEFAULT_MODEL_FALLBACK) if has_reference else
+                           (DEFAULT_MODEL_NO_REF, DEFAULT_MODEL_NO_REF_FALLBACK))
+    return preferred if weights_path(preferred).exists() else fallback
 
 
 def is_series_file(path: str | os.PathLike) -> bool:

@@ -59,8 +59,9 @@ from mrisr.inference.decisions import (SYNTHETIC_REFERENCES_REASON, Decision, De
 from mrisr.inference.predict import predict_slices
 from mrisr.inference.result import QC_SUFFIX, UpscaleResult, grid_info, written_companions
 from mrisr.inference.selection import (DEFAULT_DMRI_MODEL, DEFAULT_DMRI_MODEL_NO_T1,
-                                       INTERPOLATION_MODELS, VolumeInterpolation,
-                                       default_model_name, is_series_file, load_upscale_model)
+                                       INTERPOLATION_MODELS, REFERENCE_CHECK_MODEL,
+                                       VolumeInterpolation, default_model_name, is_series_file,
+                                       load_upscale_model)
 from mrisr.inference.volume3d import SeriesUpscaler3D, is_volume_model
 from mrisr.io.nifti import NIFTI1_MAX_DIM, Volume, load_nifti
 from mrisr.models.base import SRModel
@@ -429,10 +430,11 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
         if calibrates:
             info["detail_gain"] = detail_gain(upscaler, target.data, out_shape, axis, ref_grid)
         else:
-            plain_net, plain_desc = load_upscale_model(None, False)
+            plain_net, plain_desc = load_upscale_model(REFERENCE_CHECK_MODEL, False)
             plain = SliceUpscaler(plain_net, dev, plain_desc["input"], tile, precision)
-            info["detail_gain"] = {"check": "reference", **reference_check(
-                plain, ref_grid, target.spatial_shape, out_shape, axis)}
+            checked = reference_check(plain, ref_grid, target.spatial_shape, out_shape, axis)
+            info["detail_gain"] = {"check": "reference", "model": REFERENCE_CHECK_MODEL,
+                                   **checked}
         apply_detail_gain(data, target.data, info["detail_gain"]["gain"], axis)
     elif calibrates or checks:
         info["detail_gain"] = {**({"check": "reference"} if checks else {}), "gain": 1.0,

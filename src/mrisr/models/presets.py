@@ -39,8 +39,8 @@ for preset in (
            "dualarbnet_s fine-tuned for hours on several sources with domain randomisation "
            "and random acquisitions; the default with a reference"),
     Preset("liif_robust", "liif", {**_COMPACT_ENCODER, "hidden": [96, 96, 96, 96]},
-           "liif_s trained from scratch like the first dualarbnet_robust attempt (not "
-           "shipped: below liif_s on k-space-cropped inputs)"),
+           "liif_s fine-tuned for hours with dualarbnet_robust's recipe; the default without "
+           "a reference"),
 ):
     register_preset(preset)
 
