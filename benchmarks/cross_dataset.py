@@ -19,12 +19,14 @@ volumes through ``mrisr upscale``'s function with its default decisions
 (``configs/cross/volume_base.yaml``, ``thick_volume_base.yaml``). The ``candidate``
 group runs, on the same whole-volume sets and with the same default decisions, a candidate
 checkpoint (``--model``, e.g. a run in ``ongoing/``) in the place of the default's model:
-what the default with a reference would become with it.
+what the default with a reference would become with it (a model without a reference: the
+default without one); each candidate writes to folders named after its label.
 """
 from __future__ import annotations
 
 import argparse
 import csv
+import re
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -133,6 +135,8 @@ def run(group: str, sets: list[str], threads: int, model: str = None,
                 data["methods"] = rows
             cfg = from_dict(EvaluateConfig, data, source=f"{name}.yaml")
             out = RESULTS / f"{name}-{cfg.degradation}-{group}"
+            if group == "candidate":  # one folder per candidate: several can run at once
+                out = out.with_name(out.name + "-" + re.sub(r"[^A-Za-z0-9_.]+", "_", label))
             print(f"== {name} {group} -> {out}", flush=True)
             write_report(evaluate(cfg, show_progress=False), out)
             print((out / "table.md").read_text(), flush=True)
