@@ -17,8 +17,8 @@ from mrisr.errors import InputError
 
 __all__ = ["INTERPOLATION_MODELS", "VolumeInterpolation", "DEFAULT_MODEL", "DEFAULT_MODEL_FALLBACK",
            "DEFAULT_MODEL_NO_REF", "DEFAULT_MODEL_NO_REF_FALLBACK", "REFERENCE_CHECK_MODEL",
-           "DEFAULT_DMRI_MODEL",
-           "DEFAULT_DMRI_MODEL_NO_T1", "DMRI_MODELS_ABOVE_CUBIC", "SERIES_FALLBACK",
+           "DEFAULT_DMRI_MODEL", "DEFAULT_DMRI_MODEL_NO_T1", "DMRI_MODELS_ABOVE_CUBIC",
+           "SERIES_FALLBACK",
            "default_model_name", "is_series_file", "trained_with_synthetic_references",
            "check_model_name", "load_upscale_model"]
 
