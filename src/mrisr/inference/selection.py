@@ -30,9 +30,9 @@ INTERPOLATION_MODELS = {"nearest": "nearest", "linear": "linear", "cubic": "cubi
 #: Default 2D models with a reference (in-plane and thick slices alike) and without one, each
 #: with the model used where its weights are not installed. dualarbnet_robust (trained for
 #: hours on brats pairs, synthetic contrasts and three whole heads) beat dualarbnet_s by
-#: +0.6 / +0.2 / +0.1 dB on a whole head, +1.6 dB at x4 on a template pair no model saw and
-#: +1.4 / +1.5 / +1.1 dB on the cervical spine, where the reference now adds instead of costs;
-#: it is 0.3 / 0.35 dB behind dualarbnet_s at x4 / x8 on the brats test patients like
+#: +0.9 / +0.5 / +0.4 dB on a whole head, +1.7 dB at x4 on a template pair no model saw and
+#: +1.5 / +1.7 / +1.2 dB on the cervical spine, where the reference now adds instead of costs;
+#: it is 0.17 / 0.27 dB behind dualarbnet_s at x4 / x8 on the brats test patients like
 #: dualarbnet_s's training data (docs/benchmarks/cross_dataset.md, "dualarbnet_robust, trained
 #: for hours: the default with a reference"). liif_robust is liif_s given the same recipe: the
 #: same trade without a reference (same document, "liif_robust: the default without a
