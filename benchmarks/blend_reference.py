@@ -15,7 +15,6 @@ set (PSNR / SSIM in the brain, as the cross-dataset tables) and writes them unde
 from __future__ import annotations
 
 import argparse
-import hashlib
 import sys
 from pathlib import Path
 
@@ -39,14 +38,14 @@ class _Pair:
         self.with_reference = ModelMethod("dualarbnet_robust", consistency="auto",
                                           register="auto", adapt="auto", calibrate="auto")
         self.without = ModelMethod("liif_robust", consistency="auto", calibrate="auto")
-        self.key, self.outputs = None, None
+        self.inputs, self.outputs = None, None
 
     def __call__(self, case):
-        # By content: arrays of a finished case are freed and their ids reused.
-        key = (tuple(case.out_shape), hashlib.sha1(np.ascontiguousarray(case.lr)).hexdigest(),
-               hashlib.sha1(np.ascontiguousarray(case.reference)).hexdigest())
-        if key != self.key:
-            self.key = key
+        # The harness hands every method of one case the same arrays; holding them here keeps
+        # their identity from being reused by the next case's.
+        if self.inputs is None or self.inputs[0] is not case.lr or \
+                self.inputs[1] is not case.reference:
+            self.inputs = (case.lr, case.reference)
             self.outputs = (self.with_reference(case), self.without(case))
         return self.outputs
 
