@@ -24,6 +24,7 @@ from mrisr.models.query import (bspline_coefficients, grid_positions, sample_bsp
                                 sample_points)
 from mrisr.resample import resample_to_grid
 from mrisr.training import build_task, train
+from mrisr.training.losses import angular_loss
 from mrisr.training.config import TrainConfig
 
 from conftest import shared_dataset
@@ -535,6 +536,53 @@ def test_frequency_loss_enters_the_objective():
                                atol=1e-7)
     heavy, _ = tiny_task(frequency_weight=1.0)[0].loss(model, batch)
     assert float(heavy.detach()) > float(loss.detach())
+
+
+def test_angular_loss_counts_only_errors_that_differ_between_directions():
+    target = torch.rand(3, 4, 5, 6, 7) + 0.5
+    # The same relative sharpening in every direction: a tensor fit sees an MD change only.
+    same = target * (1 + 0.3 * torch.rand(3, 1, 5, 6, 7))
+    assert float(angular_loss(same, target)) < 1e-6
+    bent = target.clone()
+    bent[:, 0] *= 1.2
+    assert float(angular_loss(bent, target)) == pytest.approx(0.2 * 2 * 3 / 16, rel=1e-4)
+    # Voxels outside the mask count in no direction; no voxel counted: 0, not NaN.
+    mask = torch.zeros_like(target, dtype=torch.bool)
+    mask[0] = True
+    outside = bent.clone()
+    outside[1:] += 5.0
+    torch.testing.assert_close(angular_loss(outside, target, mask),
+                               angular_loss(bent[:1], target[:1]))
+    assert float(angular_loss(bent, target, torch.zeros_like(mask))) == 0.0
+    with pytest.raises(ValueError, match="equal"):
+        angular_loss(bent, target[:, :2])
+
+
+def test_direction_groups_share_the_patch_and_enter_the_objective():
+    task, model = tiny_task(direction_group=2, angular_weight=1.0)
+    task.cfg.optim.batch_size = 4
+    for step in range(3):
+        batch = task.batch(step)
+        assert batch["hr"].shape[0] == 4
+        for g in (0, 2):
+            # One place and orientation, two volumes: origins equal, volumes and data differ.
+            assert torch.equal(batch["origin"][g], batch["origin"][g + 1])
+            assert batch["volume"][g] != batch["volume"][g + 1]
+            assert not torch.equal(batch["hr"][g], batch["hr"][g + 1])
+        # Two ranks each build whole groups: together, the single process's batch.
+        halves = [task.batch(step, rank, 2) for rank in (0, 1)]
+        torch.testing.assert_close(torch.cat([h["hr"] for h in halves]), batch["hr"])
+    loss, parts = task.loss(model, batch)
+    assert parts["aloss"] > 0
+    plain, plain_parts = tiny_task(direction_group=2)[0].loss(model, batch)
+    assert "aloss" not in plain_parts
+    torch.testing.assert_close(loss - plain, torch.tensor(parts["aloss"]), rtol=1e-4, atol=1e-7)
+    with pytest.raises(InputError, match="direction_group 2"):
+        task.batch(0, 0, 4)
+    with pytest.raises(ConfigError, match="set dmri.direction_group to 2 or more"):
+        dmri_config(angular_weight=0.1)
+    with pytest.raises(ConfigError, match="multiple of dmri.direction_group 3"):
+        dmri_config(direction_group=3)
 
 
 @pytest.mark.parametrize("queries,weight", [(0, 0.01), (40, 0.0)])

@@ -309,6 +309,12 @@ class DmriDataConfig(DwiSourceConfig):
     t1_dropout: share of samples whose T1w channel is zero, so that one T1w-guided model also
         serves series without a T1w (given zeros); subjects without a T1w are allowed then,
         and always get zeros.
+    direction_group: the batch is made of groups of this many volumes of one subject cut at
+        the same place and drawn alike (``optim.batch_size`` must be a multiple); 1: every
+        sample drawn on its own.
+    angular_weight: weight of :func:`~mrisr.training.losses.angular_loss` over each direction
+        group (needs ``direction_group >= 2``): the part of the error that differs between
+        directions, which the tensor fit reads as anisotropy (FA error); 0: off.
     """
 
     lr_patch: int = 10
@@ -334,9 +340,18 @@ class DmriDataConfig(DwiSourceConfig):
     bias: float = 0.0
     antialias_fraction: float = 0.0
     t1_dropout: float = 0.0
+    direction_group: int = 1
+    angular_weight: float = 0.0
 
     def validate(self, source: str) -> None:
         super().validate(source)
+        if self.direction_group < 1:
+            raise ConfigError(f"{source}: dmri.direction_group must be at least 1")
+        if self.angular_weight < 0:
+            raise ConfigError(f"{source}: dmri.angular_weight must be >= 0")
+        if self.angular_weight and self.direction_group < 2:
+            raise ConfigError(f"{source}: dmri.angular_weight compares the volumes of a group; "
+                              "set dmri.direction_group to 2 or more")
         for name in ("bvalue_power_fraction", "bvalue_mix", "noise_fraction",
                      "antialias_fraction", "t1_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:
@@ -518,3 +533,6 @@ class TrainConfig:
         if self.task == "dmri3d" and self.validation.every:
             raise ConfigError(f"{source}: validation.every runs the 2D slice evaluation; set it "
                               "to 0 for task dmri3d")
+        if self.task == "dmri3d" and self.optim.batch_size % self.dmri.direction_group:
+            raise ConfigError(f"{source}: optim.batch_size {self.optim.batch_size} must be a "
+                              f"multiple of dmri.direction_group {self.dmri.direction_group}")

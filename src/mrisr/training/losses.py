@@ -5,6 +5,8 @@
   frequency) region; the reference code uses the mean absolute difference with the mask set to
   0 on the central block that the LR input already holds. Both are selectable.
 * CSR-dMRI's frequency loss is the mean absolute difference of the (3D) FFTs, no mask.
+* The angular loss (mrisr's, for diffusion series): the spread across gradient directions of
+  each voxel's relative error, which a tensor fit turns into FA error.
 """
 from __future__ import annotations
 
@@ -55,3 +57,30 @@ def sr_loss(pred: torch.Tensor, target: torch.Tensor, n_spatial: int, kspace_wei
         parts["kloss"] = float(k.detach())
         loss = loss + kspace_weight * k
     return loss, parts
+
+
+def angular_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None,
+                 floor: float = 0.05) -> torch.Tensor:
+    """Spread across the volumes of a group of each voxel's relative error.
+
+    ``pred``, ``target``: ``(G, K, ...)``, ``K`` volumes (gradient directions, shells) of the
+    same place, each of ``G`` groups; ``mask``: same shape, bool, the voxels that count (all
+    when ``None``). The relative error ``d_k = (pred_k - target_k) / max(target_k, floor)`` is
+    to first order the error of ``log S_k`` that a log-linear tensor fit sees: its mean over
+    the group moves the mean diffusivity, its deviation from that mean moves the anisotropy.
+    Returns the mean over counted voxels of ``|d_k - mean_k d_k|``; ``floor`` (in the units of
+    ``target``, about 1 for a volume normalised to its robust maximum) keeps the ratio finite
+    where there is no signal. A correction that is the same relative sharpening in every
+    direction scores 0, whatever its size.
+    """
+    if pred.shape != target.shape or pred.dim() < 3:
+        raise ValueError(f"angular_loss needs equal (groups, volumes, ...) shapes, got "
+                         f"{tuple(pred.shape)} and {tuple(target.shape)}")
+    pred, target = pred.float(), target.float()
+    relative = (pred - target) / target.clamp_min(floor)
+    if mask is None:
+        return (relative - relative.mean(dim=1, keepdim=True)).abs().mean()
+    # A voxel counts in every volume of its group or in none, so the mean is over the same K.
+    keep = mask.all(dim=1, keepdim=True).to(relative.dtype)
+    centred = relative - (relative * keep).mean(dim=1, keepdim=True)
+    return (centred.abs() * keep).sum() / (keep.sum() * pred.shape[1]).clamp_min(1.0)

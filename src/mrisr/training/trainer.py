@@ -36,7 +36,7 @@ from mrisr.progress import progress
 from mrisr.training.config import TrainConfig
 from mrisr.training.distributed import DistInfo, any_rank
 
-LOG_COLUMNS = ["step", "phase", "loss", "l1", "kloss", "lr", "scale", "ref_kind", "ref_scale",
+LOG_COLUMNS = ["step", "phase", "loss", "l1", "kloss", "aloss", "lr", "scale", "ref_kind", "ref_scale",
                "seconds_per_step", "elapsed_s"]
 
 
@@ -282,6 +282,7 @@ class Trainer:
                     per_step = (time.perf_counter() - window_start) / window_steps
                     self._log({"step": self.step, "phase": phase.name, "loss": loss,
                                "l1": parts.get("l1"), "kloss": parts.get("kloss", ""),
+                               "aloss": parts.get("aloss", ""),
                                "lr": parts["lr"], "scale": host.get("scale"),
                                "ref_kind": host.get("ref_kind"),
                                "ref_scale": host.get("ref_scale"),

@@ -29,6 +29,12 @@ series, and the diffusion randomisation of :class:`~mrisr.training.config.DmriDa
 ``t1_dropout``) is drawn per sample from its own generator (:meth:`VolumePatchTask._draws`), so
 that switching one on changes nothing else of a batch. ``fixed_scales`` makes every patch at one
 requested upscaling (test-time adaptation, :func:`mrisr.inference.volume3d.adapt_volume_model`).
+
+With ``dmri.direction_group`` ``g > 1`` the batch is made of groups of ``g`` volumes of one
+subject cut at the same place, oriented and randomised alike (each with its own noise), and
+``dmri.angular_weight`` adds the angular loss: errors that differ between the volumes of a
+group are what a tensor fit reads as anisotropy (:func:`~mrisr.training.losses.angular_loss`).
+A rank then builds whole groups (a contiguous share of the batch).
 """
 from __future__ import annotations
 
@@ -45,7 +51,7 @@ from mrisr.degradation import spline_resize
 from mrisr.errors import InputError
 from mrisr.models.csr_dmri import PointQuery, grid_point_query
 from mrisr.training.config import TrainConfig
-from mrisr.training.losses import sr_loss
+from mrisr.training.losses import angular_loss, sr_loss
 
 
 def pad_subject(subject: DwiSubject, pads: Sequence[int]) -> DwiSubject:
@@ -197,21 +203,43 @@ class VolumePatchTask:
             drawn = np.asarray(self.fixed_scales)
         hr_shape = tuple(int(round(self.d.lr_patch * s)) for s in np.broadcast_to(drawn, 3))
         samples = []
-        for _ in range(self.cfg.optim.batch_size):
+        group = self.d.direction_group
+        if group == 1:
+            for _ in range(self.cfg.optim.batch_size):
+                i = int(rng.integers(len(self.subjects)))
+                # Always drawn, so that t1_gamma changes nothing else of the plan.
+                gamma = self._gamma(float(rng.random()))
+                samples.append((i, int(rng.integers(self.subjects[i].shell.shape[3])),
+                                float(rng.random()), int(rng.integers(2 ** 31)), gamma))
+            return hr_shape, samples
+        # Groups of `group` volumes of one subject cut at one place and drawn alike (the same
+        # query seed: orientation, randomisation, T1w): the angular loss compares their errors.
+        for _ in range(self.cfg.optim.batch_size // group):
             i = int(rng.integers(len(self.subjects)))
-            # Always drawn, so that t1_gamma changes nothing else of the plan.
-            u_gamma = float(rng.random())
-            gamma = float(np.exp(np.log(self.d.t1_gamma[0]) + u_gamma *
-                                 np.log(self.d.t1_gamma[1] / self.d.t1_gamma[0]))) \
-                if self.d.t1_gamma else 1.0
-            samples.append((i, int(rng.integers(self.subjects[i].shell.shape[3])),
-                            float(rng.random()), int(rng.integers(2 ** 31)), gamma))
+            gamma = self._gamma(float(rng.random()))
+            n = self.subjects[i].shell.shape[3]
+            volumes = rng.choice(n, group, replace=n < group)
+            u, seed = float(rng.random()), int(rng.integers(2 ** 31))
+            samples.extend((i, int(v), u, seed, gamma) for v in volumes)
         return hr_shape, samples
+
+    def _gamma(self, u: float) -> float:
+        if not self.d.t1_gamma:
+            return 1.0
+        lo, hi = self.d.t1_gamma
+        return float(np.exp(np.log(lo) + u * np.log(hi / lo)))
 
     def batch(self, step: int, rank: int = 0, world: int = 1) -> dict:
         hr_shape, samples = self._plan(step)
-        if len(samples) % world:
-            raise InputError(f"batch size {len(samples)} is not divisible by {world} processes")
+        group = self.d.direction_group
+        if len(samples) % (world * group):
+            raise InputError(f"batch size {len(samples)} is not divisible by {world} processes "
+                             f"times dmri.direction_group {group}")
+        if group > 1:
+            # Whole groups per rank, so that each rank's angular loss sees them together.
+            per_rank = len(samples) // world
+            samples = samples[rank * per_rank:(rank + 1) * per_rank]
+            rank, world = 0, 1
         lr_shape = (self.d.lr_patch,) * 3
         own = self.use_t1 and self.t1_mode == "own_resolution"
         grid = grid_point_query(lr_shape, hr_shape, t1_shape=hr_shape if own else None)
@@ -255,7 +283,10 @@ class VolumePatchTask:
             # of the LR patch (outside it the series path gives the model zeros).
             sigma = np.float32(draws["noise"] / level)
             inside = spline_resize(brain.astype(np.float32), lr_shape, order=1) >= 0.5
-            n = np.random.default_rng([query_seed, 4]).normal(size=(2,) + lr_shape)
+            # Within a direction group each volume has its own noise, as the directions of a
+            # series have; without groups the seed stays that of earlier runs.
+            noise_seed = [query_seed, 4] + ([volume] if self.d.direction_group > 1 else [])
+            n = np.random.default_rng(noise_seed).normal(size=(2,) + lr_shape)
             noisy = np.sqrt((lr + sigma * n[0]) ** 2 + (sigma * n[1]) ** 2)
             lr = np.where(inside, noisy, lr)
         item = {"lr": lr[None].astype(np.float32),
@@ -386,12 +417,22 @@ class VolumePatchTask:
         return PointQuery(batch["points"], batch["coords"], batch.get("t1_points"), scales)
 
     def loss(self, model, batch: dict):
-        """``L1 + frequency_weight * mean |FFT(pred) - FFT(hr)|`` over the HR patch (3D); with
-        ``loss_region: brain`` only the brain voxels' errors count."""
+        """``L1 + frequency_weight * mean |FFT(pred) - FFT(hr)|`` over the HR patch (3D), plus
+        ``angular_weight *`` :func:`~mrisr.training.losses.angular_loss` over each direction
+        group; with ``loss_region: brain`` only the brain voxels' errors count."""
         pred = model(batch["lr"], batch.get("ref"), self.query(batch))
         target = batch["hr"]
         pred = pred.reshape(target.shape)
-        if "brain" in batch:
-            pred = torch.where(batch["brain"], pred, target)
+        inside = batch.get("brain")
+        if inside is not None:
+            pred = torch.where(inside, pred, target)
         weight = 0.0 if self.d.queries else self.d.frequency_weight
-        return sr_loss(pred, target, 3, weight, None, "all", "l1")
+        loss, parts = sr_loss(pred, target, 3, weight, None, "all", "l1")
+        if self.d.angular_weight > 0:
+            group = self.d.direction_group
+            grouped = [x.reshape((-1, group) + x.shape[1:]) for x in (pred, target)]
+            mask = None if inside is None else inside.reshape((-1, group) + inside.shape[1:])
+            angular = angular_loss(*grouped, mask=mask)
+            parts["aloss"] = float(angular.detach())
+            loss = loss + self.d.angular_weight * angular
+        return loss, parts
