@@ -85,13 +85,20 @@ def make_method(name: str, args: Optional[dict] = None) -> SRMethod:
 
 
 class Interpolation(SRMethod):
-    def __init__(self, kind: str):
+    """Interpolation of the case's input; ``magnitude_input``: of its magnitude, as from a
+    NIfTI file (a k-space-cropped input is complex, with signed ringing that a magnitude image
+    has lost; the models read magnitudes too)."""
+
+    def __init__(self, kind: str, magnitude_input: bool = False):
         self.kind = kind
+        self.magnitude_input = magnitude_input
 
     def __call__(self, case: SRCase) -> np.ndarray:
-        return to_magnitude(interpolate(case.lr, case.out_shape, self.kind)).astype(np.float32)
+        lr = np.abs(case.lr) if self.magnitude_input else case.lr
+        return to_magnitude(interpolate(lr, case.out_shape, self.kind)).astype(np.float32)
 
 
 for _kind, _label in (("nearest", "nearest"), ("linear", "linear"), ("cubic", "cubic"),
                       ("sinc", "kspace_zerofill")):
     register_method(_label)(lambda _k=_kind: Interpolation(_k))
+register_method("kspace_zerofill_magnitude")(lambda: Interpolation("sinc", magnitude_input=True))
