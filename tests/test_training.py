@@ -232,3 +232,32 @@ def test_table2_runs_share_one_budget():
         assert cfg.optim == base.optim and cfg.run.seed == base.run.seed, name
     assert {cfgs[n].model.name for n in ("noref", "noscale", "nocoord")} == {
         "dualarbnet_s_noref", "dualarbnet_s_noscale", "dualarbnet_s_nocoord"}
+
+
+def test_average_weights_script_averages_one_architecture(tmp_path):
+    from mrisr.models import create_model
+    from mrisr.models.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    nets = [create_model("liif", G0=8, D=1, C=2, G=8) for _ in range(2)]
+    for k, net in enumerate(nets):
+        save_checkpoint(tmp_path / f"{k}.pt", net, step=k)
+    other = create_model("liif", G0=8, D=1, C=2, G=4)
+    save_checkpoint(tmp_path / "other.pt", other)
+    script = Path(__file__).resolve().parents[1] / "scripts" / "average_weights.py"
+
+    def run(*args):
+        return subprocess.run([sys.executable, str(script), *map(str, args)],
+                              capture_output=True, text=True)
+
+    done = run(tmp_path / "avg", tmp_path / "0.pt", tmp_path / "1.pt", "--weights", "0.25,0.75")
+    assert done.returncode == 0, done.stderr
+    loaded = load_checkpoint(tmp_path / "avg" / "final.pt")
+    payload = torch.load(tmp_path / "avg" / "final.pt", weights_only=True)
+    assert payload["step"] == 1 and len(payload["trainer"]["average_of"]) == 2
+    for key, value in loaded.model.state_dict().items():
+        expected = 0.25 * nets[0].state_dict()[key] + 0.75 * nets[1].state_dict()[key]
+        torch.testing.assert_close(value, expected)
+    refused = run(tmp_path / "bad", tmp_path / "0.pt", tmp_path / "other.pt")
+    assert refused.returncode != 0 and "is not the model of" in refused.stderr
+    assert not (tmp_path / "bad").exists()
