@@ -26,8 +26,9 @@ _PACKAGE = Path(mrisr.__file__).resolve().parent
 
 #: Interpolation baselines (``mrisr.evaluation.methods``): usable as ``upscale --model``.
 INTERPOLATIONS = tuple(INTERPOLATION_MODELS)
-#: Evaluation methods: the interpolation baselines and the learned-model plug-ins.
-METHODS = tuple(sorted(INTERPOLATIONS + ("model", "model3d")))
+#: Evaluation methods: the interpolation baselines, zero-filling of a complex input's magnitude
+#: (for ``upscale`` a file's input is a magnitude already) and the learned-model plug-ins.
+METHODS = tuple(sorted(INTERPOLATIONS + ("kspace_zerofill_magnitude", "model", "model3d")))
 #: Metric protocols (``mrisr.evaluation.metrics.PROTOCOLS``).
 PROTOCOLS = ("dualarbnet", "fastmri", "brainmask")
 
