@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from mrisr.errors import MrisrError
 from mrisr.io.atomic import atomic_path
 from mrisr.models.loading import load_checkpoint
 
@@ -34,9 +35,11 @@ def main(argv=None) -> int:
     if len(weights) != len(paths) or abs(sum(weights) - 1.0) > 1e-6:
         raise SystemExit("average_weights: --weights needs one weight per checkpoint, "
                          "summing to 1")
-    payloads = [torch.load(p, weights_only=True) for p in paths]
+    try:  # refuses what does not describe itself as a mrisr model
+        payloads = [load_checkpoint(p).payload for p in paths]
+    except MrisrError as exc:
+        raise SystemExit(f"average_weights: {exc}") from None
     for p, payload in zip(paths, payloads):
-        load_checkpoint(p)  # refuses what does not describe itself as a mrisr model
         if {k: payload["model"][k] for k in ("architecture", "args")} != \
                 {k: payloads[0]["model"][k] for k in ("architecture", "args")}:
             raise SystemExit(f"average_weights: {p} is not the model of {paths[0]}")

@@ -205,6 +205,7 @@ class VolumePatchTask:
         samples = []
         group = self.d.direction_group
         if group == 1:
+            # The draws of runs made before direction groups, so that they reproduce.
             for _ in range(self.cfg.optim.batch_size):
                 i = int(rng.integers(len(self.subjects)))
                 # Always drawn, so that t1_gamma changes nothing else of the plan.
@@ -235,15 +236,16 @@ class VolumePatchTask:
         if len(samples) % (world * group):
             raise InputError(f"batch size {len(samples)} is not divisible by {world} processes "
                              f"times dmri.direction_group {group}")
-        if group > 1:
+        if group == 1:
+            mine = samples[rank::world]
+        else:
             # Whole groups per rank, so that each rank's angular loss sees them together.
             per_rank = len(samples) // world
-            samples = samples[rank * per_rank:(rank + 1) * per_rank]
-            rank, world = 0, 1
+            mine = samples[rank * per_rank:(rank + 1) * per_rank]
         lr_shape = (self.d.lr_patch,) * 3
         own = self.use_t1 and self.t1_mode == "own_resolution"
         grid = grid_point_query(lr_shape, hr_shape, t1_shape=hr_shape if own else None)
-        items = [self._sample(plan, hr_shape, grid) for plan in samples[rank::world]]
+        items = [self._sample(plan, hr_shape, grid) for plan in mine]
         out = {key: torch.from_numpy(np.stack([it[key] for it in items])) for key in items[0]}
         if not self.d.queries:
             # Every sample queries the whole HR grid: one shared (batch 1) query.
