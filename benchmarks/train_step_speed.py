@@ -11,6 +11,8 @@ depend on content).
         --old-src /tmp/old/src        # side by side with another checkout
     python benchmarks/train_step_speed.py --threads 1 --models dualarbnet_s,csr_dmri_s \
         --precisions fp32,bf16 --old-src /tmp/old/src   # this tree in both precisions
+    python benchmarks/train_step_speed.py --threads 1 --models dualarbnet_s --scales 2 \
+        --precisions bf16,bf16+compile --old-src /tmp/old/src   # with torch.compile
 
 ``--old-src`` names the ``src`` folder of another checkout (e.g. ``git worktree add /tmp/old
 HEAD~1``); each model and scale is then timed in a child process of that checkout right after
@@ -56,9 +58,11 @@ def step_time(name: str, scale: int, batch: int, patch: int, repeats: int,
     from mrisr.training.losses import sr_loss
 
     from contextlib import nullcontext
+    precision, _, compiled = precision.partition("+")  # "bf16+compile": torch.compile too
     torch.manual_seed(0)
     model = create_model(name)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    forward = torch.compile(model) if compiled == "compile" else model
     lr, ref, query, hr, spatial = _inputs(model, scale, batch, patch)
     def context():  # fp32 without mrisr.precision, which older checkouts lack
         if precision == "fp32":
@@ -70,14 +74,14 @@ def step_time(name: str, scale: int, batch: int, patch: int, repeats: int,
     def once() -> tuple[float, float]:
         t0, c0 = time.perf_counter(), time.process_time()
         with context():
-            pred = model(lr, ref, query)
+            pred = forward(lr, ref, query)
         pred = pred.reshape(hr.shape[0], 1, *spatial) if model.dims == 3 else pred
         loss, _ = sr_loss(pred, hr.reshape(pred.shape), len(spatial), weight, None, "all")
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         return time.perf_counter() - t0, time.process_time() - c0
-    once()  # warm-up: allocator and kernel selection
+    once()  # warm-up: allocator and kernel selection (and compilation)
     times = [once() for _ in range(repeats)]
     return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
 
@@ -125,7 +129,8 @@ def main() -> None:
     parser.add_argument("--scales", default="2,4")
     parser.add_argument("--old-src", default=None, help="src folder of another checkout")
     parser.add_argument("--precisions", default="fp32",
-                        help="precisions of this tree, comma-separated (fp32, bf16)")
+                        help="precisions of this tree, comma-separated (fp32, bf16; "
+                             "bf16+compile: the model under torch.compile)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.old_src:

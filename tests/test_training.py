@@ -65,6 +65,35 @@ def test_frequency_loss_masks_select_the_right_frequencies():
     assert parts["kloss"] == 0 and torch.isfinite(loss) and torch.isfinite(pred.grad).all()
 
 
+def test_l2_pixel_loss_is_minimised_by_the_mean_and_l1_by_the_median():
+    # Three equally likely truths for one pixel: 0, 0 and 1. L1 is lowest at their median (0),
+    # the root mean square at their mean (1/3), which is what PSNR rewards.
+    target = torch.tensor([0.0, 0.0, 1.0]).reshape(3, 1, 1, 1)
+    candidates = torch.linspace(0, 1, 31)
+
+    def best(norm):
+        losses = [float(sr_loss(torch.full_like(target, float(c)), target, 2,
+                                pixel_norm=norm)[0]) for c in candidates]
+        return float(candidates[int(np.argmin(losses))])
+    assert best("l1") == 0.0
+    assert abs(best("l2") - 1 / 3) < 0.02
+    # The logged part stays the mean absolute difference whatever the objective.
+    _, parts = sr_loss(torch.zeros_like(target), target, 2, pixel_norm="l2")
+    assert parts["l1"] == pytest.approx(1 / 3)
+    with pytest.raises(ValueError, match="pixel_norm"):
+        sr_loss(target, target, 2, pixel_norm="l3")
+
+
+def test_pixel_norm_is_a_checked_training_setting(tmp_path):
+    cfg = tiny_config(tmp_path, steps=(1, 1), loss={"pixel_norm": "l2"})
+    assert cfg.loss.pixel_norm == "l2"
+    train(cfg, show_progress=False)
+    payload = load_checkpoint(tmp_path / "run" / "final.pt").payload
+    assert payload["train_config"]["loss"]["pixel_norm"] == "l2"
+    with pytest.raises(ConfigError, match="pixel_norm"):
+        tiny_config(tmp_path, loss={"pixel_norm": "huber"}).validate("x.yaml")
+
+
 def test_batches_are_deterministic_aligned_and_scales_independent(tmp_path):
     cfg = tiny_config(tmp_path, steps=(2, 40))
     task = SlicePatchTask(cfg, SliceVolumes.load(cfg.data))

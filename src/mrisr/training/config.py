@@ -400,11 +400,19 @@ class DmriDataConfig(DwiSourceConfig):
 
 @dataclass
 class LossConfig:
+    """The 2D objective: ``pixel_norm`` distance to the HR image plus ``kspace_weight`` times
+    the frequency loss (:func:`mrisr.training.losses.sr_loss`). ``pixel_norm``: ``l1`` (the
+    papers) or ``l2`` (root mean square: its minimiser under uncertainty is the mean, which is
+    what PSNR rewards, where L1's is the median)."""
+
     kspace_weight: float = 0.05
     kspace_mask: str = "unseen"
     kspace_norm: str = "l1"
+    pixel_norm: str = "l1"
 
     def validate(self, source: str) -> None:
+        if self.pixel_norm not in ("l1", "l2"):
+            raise ConfigError(f"{source}: loss.pixel_norm must be l1 or l2")
         if self.kspace_mask not in ("unseen", "seen", "all"):
             raise ConfigError(f"{source}: loss.kspace_mask must be unseen, seen or all")
         if self.kspace_norm not in ("l1", "l2"):

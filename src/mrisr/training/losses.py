@@ -47,11 +47,22 @@ def frequency_loss(pred: torch.Tensor, target: torch.Tensor, n_spatial: int,
 
 def sr_loss(pred: torch.Tensor, target: torch.Tensor, n_spatial: int, kspace_weight: float = 0.0,
             lr_shape: Sequence[int] | None = None, kspace_mask: str = "unseen",
-            kspace_norm: str = "l1") -> tuple[torch.Tensor, dict[str, float]]:
-    """``L1 + weight * frequency loss``; returns the loss and its parts for logging."""
-    l1 = (pred.float() - target.float()).abs().mean()
+            kspace_norm: str = "l1", pixel_norm: str = "l1"
+            ) -> tuple[torch.Tensor, dict[str, float]]:
+    """``pixel loss + weight * frequency loss``; returns the loss and its parts for logging.
+
+    ``pixel_norm``: ``l1`` (mean absolute difference) or ``l2`` (root of the mean squared
+    difference, on the scale of ``l1``). The logged ``l1`` part is the mean absolute difference
+    either way, so logs of both compare."""
+    diff = pred.float() - target.float()
+    l1 = diff.abs().mean()
     parts = {"l1": float(l1.detach())}
-    loss = l1
+    if pixel_norm == "l1":
+        loss = l1
+    elif pixel_norm == "l2":
+        loss = torch.sqrt(diff.square().mean() + 1e-12)
+    else:
+        raise ValueError(f"pixel_norm must be 'l1' or 'l2', got {pixel_norm!r}")
     if kspace_weight > 0:
         k = frequency_loss(pred, target, n_spatial, lr_shape, kspace_mask, kspace_norm)
         parts["kloss"] = float(k.detach())

@@ -399,4 +399,4 @@ class SlicePatchTask:
         pred = model(batch["lr"], batch.get("ref"), self.query(batch))
         lc = self.cfg.loss
         return sr_loss(pred, batch["hr"], 2, lc.kspace_weight, batch["lr_shape"],
-                       lc.kspace_mask, lc.kspace_norm)
+                       lc.kspace_mask, lc.kspace_norm, lc.pixel_norm)
