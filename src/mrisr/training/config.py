@@ -400,10 +400,11 @@ class DmriDataConfig(DwiSourceConfig):
 
 @dataclass
 class LossConfig:
-    """The 2D objective: ``pixel_norm`` distance to the HR image plus ``kspace_weight`` times
-    the frequency loss (:func:`mrisr.training.losses.sr_loss`). ``pixel_norm``: ``l1`` (the
-    papers) or ``l2`` (root mean square: its minimiser under uncertainty is the mean, which is
-    what PSNR rewards, where L1's is the median)."""
+    """The objective: ``pixel_norm`` distance to the HR image plus ``kspace_weight`` times the
+    frequency loss (:func:`mrisr.training.losses.sr_loss`; the ``kspace_*`` keys are 2D's, the
+    3D task weighs its own by ``dmri.frequency_weight``). ``pixel_norm``: ``l1`` (the papers)
+    or ``l2`` (root mean square: its minimiser under uncertainty is the mean, which is what PSNR
+    rewards, where L1's is the median)."""
 
     kspace_weight: float = 0.05
     kspace_mask: str = "unseen"

@@ -419,9 +419,10 @@ class VolumePatchTask:
         return PointQuery(batch["points"], batch["coords"], batch.get("t1_points"), scales)
 
     def loss(self, model, batch: dict):
-        """``L1 + frequency_weight * mean |FFT(pred) - FFT(hr)|`` over the HR patch (3D), plus
-        ``angular_weight *`` :func:`~mrisr.training.losses.angular_loss` over each direction
-        group; with ``loss_region: brain`` only the brain voxels' errors count."""
+        """``L1 (or loss.pixel_norm) + frequency_weight * mean |FFT(pred) - FFT(hr)|`` over the
+        HR patch (3D), plus ``angular_weight *`` :func:`~mrisr.training.losses.angular_loss`
+        over each direction group; with ``loss_region: brain`` only the brain voxels' errors
+        count."""
         pred = model(batch["lr"], batch.get("ref"), self.query(batch))
         target = batch["hr"]
         pred = pred.reshape(target.shape)
@@ -429,7 +430,8 @@ class VolumePatchTask:
         if inside is not None:
             pred = torch.where(inside, pred, target)
         weight = 0.0 if self.d.queries else self.d.frequency_weight
-        loss, parts = sr_loss(pred, target, 3, weight, None, "all", "l1")
+        loss, parts = sr_loss(pred, target, 3, weight, None, "all", "l1",
+                              self.cfg.loss.pixel_norm)
         if self.d.angular_weight > 0:
             group = self.d.direction_group
             grouped = [x.reshape((-1, group) + x.shape[1:]) for x in (pred, target)]
