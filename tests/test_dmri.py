@@ -24,7 +24,7 @@ from mrisr.models.query import (bspline_coefficients, grid_positions, sample_bsp
                                 sample_points)
 from mrisr.resample import resample_to_grid
 from mrisr.training import build_task, train
-from mrisr.training.losses import angular_loss
+from mrisr.training.losses import angular_loss, tensor_design, tensor_loss
 from mrisr.training.config import TrainConfig
 
 from conftest import shared_dataset
@@ -42,13 +42,13 @@ def corr(a, b, mask):
     return float(np.corrcoef(a[mask], b[mask])[0, 1])
 
 
-def dmri_config(tmp_path=None, model=None, **dmri) -> TrainConfig:
+def dmri_config(tmp_path=None, model=None, batch_size=2, **dmri) -> TrainConfig:
     base = {"task": "dmri3d",
             "model": model or {"name": "csr_dmri", "args": TINY_3D},
             "dmri": {"phantom_shape": [28, 32, 28], "phantom_voxel_size": [4, 4, 4],
                      "lr_patch": 5, "scale_range": [2, 3], **dmri},
             "curriculum": [{"name": "train", "steps": 3}],
-            "optim": {"batch_size": 2, "lr": 1e-3},
+            "optim": {"batch_size": batch_size, "lr": 1e-3},
             "run": {"seed": 1, "threads": 1, "log_every": 1, "checkpoint_every": 100}}
     if tmp_path is not None:
         base["output"] = str(tmp_path / "run")
@@ -673,3 +673,86 @@ def test_philips_subject_loads_with_t1_on_the_dwi_grid():
     assert 0.3 < np.median(subject.t1[subject.mask]) < 1.0
     # T1w (bright white matter, dark CSF) and b=0 (bright CSF) anti-correlate once aligned.
     assert corr(subject.t1, subject.mean_b0, subject.mask) < -0.2
+
+
+def _directions(n: int, seed: int = 0) -> torch.Tensor:
+    g = torch.randn(n, 3, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return g / g.norm(dim=1, keepdim=True)
+
+
+def test_tensor_loss_counts_only_the_error_of_the_fitted_anisotropy():
+    k, b = 12, 1000.0
+    g = _directions(k)
+    bvecs, bvals = g[None].float(), torch.full((1, k), b)
+    target = torch.rand(1, k, 4, 5, 6) + 0.5
+    # The same relative change in every direction (S_0 or MD moves): nothing.
+    same = target * (1 + 0.3 * torch.rand(1, 1, 4, 5, 6))
+    assert float(tensor_loss(same, target, bvecs, bvals)) < 1e-5
+    # A small change of the anisotropy (first order: the relative error is the log error):
+    # S_k * exp(-b g_k^T dD g_k) with a traceless dD.
+    delta = torch.tensor([[2.0, 0.5, 0.0], [0.5, -1.0, 0.3], [0.0, 0.3, -1.0]],
+                         dtype=torch.float64) * 1e-5
+    log_change = -b * torch.einsum("ki,ij,kj->k", g, delta, g)
+    bent = target * torch.exp(log_change).float().reshape(1, k, 1, 1, 1)
+    expected = float((log_change - log_change.mean()).square().mean().sqrt())
+    assert float(tensor_loss(bent, target, bvecs, bvals)) == pytest.approx(expected, rel=0.03)
+    # An error across directions that no tensor explains (orthogonal to the design): nothing,
+    # though the angular loss counts it.
+    design = tensor_design(bvecs.double(), bvals.double())[0]
+    q, _ = torch.linalg.qr(torch.cat([design, torch.eye(k, dtype=torch.float64)], 1))
+    outside = (0.02 * q[:, 7]).float().reshape(1, k, 1, 1, 1)
+    off = target * (1 + outside)
+    assert float(tensor_loss(off, target, bvecs, bvals)) < 1e-5
+    assert float(angular_loss(off, target)) > 1e-3
+    # Flipping and permuting the axes of every direction (dmri.augment) changes nothing.
+    turned = bvecs[..., [2, 0, 1]] * torch.tensor([-1.0, 1.0, -1.0])
+    torch.testing.assert_close(tensor_loss(bent, target, turned, bvals),
+                               tensor_loss(bent, target, bvecs, bvals))
+    # A voxel outside the mask in any volume does not count; none counted: 0.
+    mask = torch.ones_like(target, dtype=torch.bool)
+    mask[..., :2, :, :] = False
+    mask[0, 3, 2] = False
+    moved = bent.clone()
+    moved[..., :3, :, :] = target[..., :3, :, :]
+    torch.testing.assert_close(tensor_loss(moved, target, bvecs, bvals, mask),
+                               tensor_loss(bent[..., 3:, :, :], target[..., 3:, :, :],
+                                           bvecs, bvals))
+    assert float(tensor_loss(bent, target, bvecs, bvals, torch.zeros_like(mask))) == 0.0
+    with pytest.raises(ValueError, match="b-vectors"):
+        tensor_loss(bent, target, bvecs[:, :5], bvals)
+
+
+def test_tensor_loss_groups_come_from_one_shell_and_enter_the_objective():
+    # Three shells (two simulated) and the mean b=0 as one more volume.
+    shells = dict(direction_group=8, all_shells=True, batch_size=16, domain="signal",
+                  include_b0=True, simulate_bvalues=[2000, 3000], simulate_per_bvalue=8)
+    task, model = tiny_task(tensor_weight=1.0, **shells)
+    bvals = task.subjects[0].bvals
+    assert len(np.unique(bvals)) == 4
+    counted, seen = 0, set()
+    for step in range(6):
+        batch = task.batch(step)
+        for g in (0, 8):
+            b = batch["bval"][g:g + 8]
+            if b[0] > 0:
+                assert float(b.max() - b.min()) <= 200.0
+                seen.add(float(b[0]))
+            else:  # after a b=0 first volume: any volumes, and the group does not count
+                assert not batch["tensor_ok"][g]
+            volumes = batch["volume"][g:g + 8].numpy()
+            np.testing.assert_allclose(b.numpy(), bvals[volumes], rtol=1e-6)
+            np.testing.assert_allclose(batch["bvec"][g:g + 8].numpy(),
+                                       task.subjects[0].bvecs[:, volumes].T, rtol=1e-6)
+        loss, parts = task.loss(model, batch)
+        counted += parts["tloss"] > 0
+        plain, plain_parts = tiny_task(**shells)[0].loss(model, batch)
+        assert "tloss" not in plain_parts
+        torch.testing.assert_close(loss - plain, torch.tensor(parts["tloss"]), rtol=1e-4,
+                                   atol=1e-6)
+    assert counted and len(seen) > 1
+    # A group that holds a mixed volume is not counted.
+    batch = task.batch(0)
+    none = dict(batch, tensor_ok=torch.zeros_like(batch["tensor_ok"]))
+    assert task.loss(model, none)[1]["tloss"] == 0.0
+    with pytest.raises(ConfigError, match="set dmri.direction_group to 7 or more"):
+        dmri_config(tensor_weight=0.1, direction_group=6, batch_size=6)

@@ -315,6 +315,12 @@ class DmriDataConfig(DwiSourceConfig):
     angular_weight: weight of :func:`~mrisr.training.losses.angular_loss` over each direction
         group (needs ``direction_group >= 2``): the part of the error that differs between
         directions, which the tensor fit reads as anisotropy (FA error); 0: off.
+    tensor_weight: weight of :func:`~mrisr.training.losses.tensor_loss` over each direction
+        group (needs ``direction_group >= 7``, so that a group holds more directions than the
+        tensor's 6 unknowns): only the part of the error that moves the fitted diffusion
+        tensor's anisotropy. With it, a group drawn from a diffusion-weighted volume is drawn
+        from that volume's shell; groups with a b=0 volume or a mixed volume
+        (``bvalue_mix``) do not count. 0: off.
     """
 
     lr_patch: int = 10
@@ -342,6 +348,7 @@ class DmriDataConfig(DwiSourceConfig):
     t1_dropout: float = 0.0
     direction_group: int = 1
     angular_weight: float = 0.0
+    tensor_weight: float = 0.0
 
     def validate(self, source: str) -> None:
         super().validate(source)
@@ -352,6 +359,11 @@ class DmriDataConfig(DwiSourceConfig):
         if self.angular_weight and self.direction_group < 2:
             raise ConfigError(f"{source}: dmri.angular_weight compares the volumes of a group; "
                               "set dmri.direction_group to 2 or more")
+        if self.tensor_weight < 0:
+            raise ConfigError(f"{source}: dmri.tensor_weight must be >= 0")
+        if self.tensor_weight and self.direction_group < 7:
+            raise ConfigError(f"{source}: dmri.tensor_weight fits a tensor (6 unknowns) to the "
+                              "volumes of a group; set dmri.direction_group to 7 or more")
         for name in ("bvalue_power_fraction", "bvalue_mix", "noise_fraction",
                      "antialias_fraction", "t1_dropout"):
             if not 0.0 <= getattr(self, name) <= 1.0:

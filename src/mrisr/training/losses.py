@@ -7,6 +7,8 @@
 * CSR-dMRI's frequency loss is the mean absolute difference of the (3D) FFTs, no mask.
 * The angular loss (mrisr's, for diffusion series): the spread across gradient directions of
   each voxel's relative error, which a tensor fit turns into FA error.
+* The tensor loss (mrisr's): only the part of that spread which the tensor fit keeps, the error
+  of the fitted anisotropy.
 """
 from __future__ import annotations
 
@@ -95,3 +97,64 @@ def angular_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | 
     keep = mask.all(dim=1, keepdim=True).to(relative.dtype)
     centred = relative - (relative * keep).mean(dim=1, keepdim=True)
     return (centred.abs() * keep).sum() / (keep.sum() * pred.shape[1]).clamp_min(1.0)
+
+
+def tensor_design(bvecs: torch.Tensor, bvals: torch.Tensor) -> torch.Tensor:
+    """The log-linear tensor fit's design for a group of volumes of one shell.
+
+    ``bvecs``: ``(G, K, 3)``; ``bvals``: ``(G, K)``. Returns ``(G, K, 7)``: a constant column
+    (``log S_0`` and whatever scales each volume) and ``b_k / mean(b)`` times the six quadratic
+    terms ``g_x^2, g_y^2, g_z^2, 2 g_x g_y, 2 g_x g_z, 2 g_y g_z`` of the unit direction ``g_k``.
+    """
+    g = bvecs.double()
+    g = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    x, y, z = g.unbind(-1)
+    quadratic = torch.stack([x * x, y * y, z * z, 2 * x * y, 2 * x * z, 2 * y * z], -1)
+    b = bvals.double()
+    weight = (b / b.mean(dim=1, keepdim=True).clamp_min(1e-12)).unsqueeze(-1)
+    return torch.cat([torch.ones_like(quadratic[..., :1]), weight * quadratic], -1)
+
+
+def tensor_loss(pred: torch.Tensor, target: torch.Tensor, bvecs: torch.Tensor,
+                bvals: torch.Tensor, mask: torch.Tensor | None = None,
+                floor: float = 0.05) -> torch.Tensor:
+    """Error of the anisotropy that a log-linear tensor fit reads from each voxel of a group.
+
+    ``pred``, ``target``: ``(G, K, ...)``, ``K`` diffusion-weighted volumes of one shell at the
+    same place; ``bvecs`` ``(G, K, 3)`` and ``bvals`` ``(G, K)`` their gradients; ``mask``: same
+    shape as ``pred``, bool. The relative error ``d_k = (pred_k - target_k) / max(target_k,
+    floor)`` is to first order the error of ``log S_k``; the fit is linear, so the error of the
+    fitted tensor is the fit of ``d`` (:func:`tensor_design`). Its constant and isotropic part
+    (the mean over the group, which moves ``S_0`` and the mean diffusivity) is left out; what
+    remains is ``e = (P - 11^T / K) d`` with ``P`` the projection onto the design's columns:
+    the anisotropic tensor error, as signal. Returns the mean over counted voxels of
+    ``sqrt(mean_k e_k^2)``.
+
+    The projection depends only on the span of the quadratic terms, which a rotation or
+    reflection of every direction of the group leaves as it is: the flips and axis permutations
+    of ``dmri.augment`` need no reorientation of the b-vectors. With ``K`` directions only the
+    ``K - 1``-dimensional spread across directions of which 5 dimensions move the tensor counts;
+    the rest (noise, crossing fibres, what the fit discards) costs nothing, unlike in
+    :func:`angular_loss`.
+    """
+    if pred.shape != target.shape or pred.dim() < 3:
+        raise ValueError(f"tensor_loss needs equal (groups, volumes, ...) shapes, got "
+                         f"{tuple(pred.shape)} and {tuple(target.shape)}")
+    groups, k = pred.shape[:2]
+    if bvecs.shape != (groups, k, 3) or bvals.shape != (groups, k):
+        raise ValueError(f"tensor_loss needs b-vectors {(groups, k, 3)} and b-values "
+                         f"{(groups, k)}, got {tuple(bvecs.shape)} and {tuple(bvals.shape)}")
+    # A few small matrices: in float64 on the CPU, which every device's tensors can reach.
+    design = tensor_design(bvecs.detach().cpu(), bvals.detach().cpu())
+    projection = design @ torch.linalg.pinv(design)
+    anisotropic = (projection - 1.0 / k).to(device=pred.device, dtype=torch.float32)
+    pred, target = pred.float(), target.float()
+    relative = ((pred - target) / target.clamp_min(floor)).reshape(groups, k, -1)
+    if mask is None:
+        keep = torch.ones_like(relative[:, :1])
+    else:
+        # A voxel counts in every volume of its group or in none, as in the fit.
+        keep = mask.reshape(groups, k, -1).all(dim=1, keepdim=True).to(relative.dtype)
+    error = anisotropic @ (relative * keep)
+    per_voxel = torch.sqrt(error.square().mean(dim=1, keepdim=True) + 1e-12)
+    return (per_voxel * keep).sum() / keep.sum().clamp_min(1.0)

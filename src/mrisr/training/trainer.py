@@ -36,8 +36,8 @@ from mrisr.progress import progress
 from mrisr.training.config import TrainConfig
 from mrisr.training.distributed import DistInfo, any_rank
 
-LOG_COLUMNS = ["step", "phase", "loss", "l1", "kloss", "aloss", "lr", "scale", "ref_kind", "ref_scale",
-               "seconds_per_step", "elapsed_s"]
+LOG_COLUMNS = ["step", "phase", "loss", "l1", "kloss", "aloss", "tloss", "lr", "scale", "ref_kind",
+               "ref_scale", "seconds_per_step", "elapsed_s"]
 
 
 def learning_rate(cfg: TrainConfig, step: int, elapsed: float = 0.0) -> float:
@@ -283,6 +283,7 @@ class Trainer:
                     self._log({"step": self.step, "phase": phase.name, "loss": loss,
                                "l1": parts.get("l1"), "kloss": parts.get("kloss", ""),
                                "aloss": parts.get("aloss", ""),
+                               "tloss": parts.get("tloss", ""),
                                "lr": parts["lr"], "scale": host.get("scale"),
                                "ref_kind": host.get("ref_kind"),
                                "ref_scale": host.get("ref_scale"),

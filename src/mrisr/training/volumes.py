@@ -34,7 +34,9 @@ With ``dmri.direction_group`` ``g > 1`` the batch is made of groups of ``g`` vol
 subject cut at the same place, oriented and randomised alike (each with its own noise), and
 ``dmri.angular_weight`` adds the angular loss: errors that differ between the volumes of a
 group are what a tensor fit reads as anisotropy (:func:`~mrisr.training.losses.angular_loss`).
-A rank then builds whole groups (a contiguous share of the batch).
+A rank then builds whole groups (a contiguous share of the batch). ``dmri.tensor_weight``
+adds the tensor loss instead or as well: a group then comes from one shell, and only the error
+that the tensor fit reads as anisotropy counts (:func:`~mrisr.training.losses.tensor_loss`).
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ from mrisr.degradation import spline_resize
 from mrisr.errors import InputError
 from mrisr.models.csr_dmri import PointQuery, grid_point_query
 from mrisr.training.config import TrainConfig
-from mrisr.training.losses import angular_loss, sr_loss
+from mrisr.training.losses import angular_loss, sr_loss, tensor_loss
 
 
 def pad_subject(subject: DwiSubject, pads: Sequence[int]) -> DwiSubject:
@@ -219,10 +221,29 @@ class VolumePatchTask:
             i = int(rng.integers(len(self.subjects)))
             gamma = self._gamma(float(rng.random()))
             n = self.subjects[i].shell.shape[3]
-            volumes = rng.choice(n, group, replace=n < group)
+            if self.d.tensor_weight > 0:
+                volumes = self._shell_group(i, rng)
+            else:
+                volumes = rng.choice(n, group, replace=n < group)
             u, seed = float(rng.random()), int(rng.integers(2 ** 31))
             samples.extend((i, int(v), u, seed, gamma) for v in volumes)
         return hr_shape, samples
+
+    def _shell_group(self, index: int, rng: np.random.Generator) -> np.ndarray:
+        """A direction group for the tensor loss: a first volume drawn from all of the
+        subject's, then, when it is diffusion-weighted, the others from its shell
+        (``|b - b_first| <= 100``; repeated only when the shell is smaller than the group);
+        after a b=0 first volume, from all volumes (a group the loss does not count)."""
+        s, group = self.subjects[index], self.d.direction_group
+        n = s.shell.shape[3]
+        first = int(rng.integers(n))
+        b = np.asarray(s.bvals, dtype=np.float64)
+        shell = np.flatnonzero((np.abs(b - b[first]) <= 100.0) & (b > 50.0))
+        shell = shell[shell != first]
+        if b[first] <= 50.0 or shell.size == 0:
+            return np.concatenate([[first], rng.choice(n, group - 1, replace=n < group)])
+        return np.concatenate([[first], rng.choice(shell, group - 1,
+                                                   replace=shell.size < group - 1)])
 
     def _gamma(self, u: float) -> float:
         if not self.d.t1_gamma:
@@ -293,6 +314,11 @@ class VolumePatchTask:
             lr = np.where(inside, noisy, lr)
         item = {"lr": lr[None].astype(np.float32),
                 "origin": origin.astype(np.int64), "volume": np.int64(volume)}
+        if self.d.tensor_weight > 0:
+            item["bvec"] = np.asarray(s.bvecs[:, volume], dtype=np.float32)
+            item["bval"] = np.float32(s.bvals[volume])
+            # A mixture of two directions is no single direction's signal.
+            item["tensor_ok"] = np.bool_(draws["mix"] is None and s.bvals[volume] > 50.0)
         if self.d.loss_region == "brain":
             item["brain"] = (brain[None].reshape(1, -1)[:, pick] if self.d.queries
                              else brain[None])
@@ -439,4 +465,23 @@ class VolumePatchTask:
             angular = angular_loss(*grouped, mask=mask)
             parts["aloss"] = float(angular.detach())
             loss = loss + self.d.angular_weight * angular
+        if self.d.tensor_weight > 0:
+            tensor = self._tensor_loss(pred, target, inside, batch)
+            parts["tloss"] = float(tensor.detach())
+            loss = loss + self.d.tensor_weight * tensor
         return loss, parts
+
+    def _tensor_loss(self, pred, target, inside, batch) -> torch.Tensor:
+        """:func:`~mrisr.training.losses.tensor_loss` over the groups whose volumes are all
+        diffusion-weighted volumes of one shell, unmixed (0 when there is none)."""
+        group = self.d.direction_group
+        shape = (-1, group)
+        bvals = batch["bval"].reshape(shape)
+        ok = batch["tensor_ok"].reshape(shape).all(dim=1)
+        ok &= (bvals.max(dim=1).values - bvals.min(dim=1).values) <= 200.0
+        if not bool(ok.any()):
+            return 0 * pred.float().sum()
+        grouped = [x.reshape(shape + x.shape[1:])[ok] for x in (pred, target)]
+        mask = None if inside is None else inside.reshape(shape + inside.shape[1:])[ok]
+        return tensor_loss(*grouped, batch["bvec"].reshape(shape + (3,))[ok], bvals[ok],
+                           mask=mask)
