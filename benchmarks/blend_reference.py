@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """Is the default with a reference better blended with the default without one?
 
-    python benchmarks/blend_reference.py [--sets phantom_volume,thick_ixi,...] [--threads 1]
+    python benchmarks/blend_reference.py [--sets phantom_volume,thick_ixi,...] [--scales 8]
+        [--weights 0,0.5,1] [--threads 1] [--out results/blend]
 
 On the whole-volume sets of ``configs/cross/`` (as ``benchmarks/cross_dataset.py run --group
 volume`` runs them, through ``mrisr upscale``'s function), both defaults upscale every case once:
@@ -10,7 +11,8 @@ volume`` runs them, through ``mrisr upscale``'s function), both defaults upscale
 every blend ``w x_ref + (1 - w) x_noref`` does too; the rows are the blends for a few ``w``
 (``w = 1``: the default with a reference; ``w = 0``: the default without). Prints one table per
 set (PSNR / SSIM in the brain, as the cross-dataset tables) and writes them under
-``results/blend/<set>/``.
+``results/blend/<set>/`` (``--out``). ``--scales`` keeps the set's cases at those in-plane
+factors only (``8``: its ``[8, 8, 1]`` or ``[1, 8, 8]`` cases).
 """
 from __future__ import annotations
 
@@ -50,7 +52,7 @@ class _Pair:
         return self.outputs
 
 
-def _blend_methods(pair: _Pair) -> dict:
+def _blend_methods(pair: _Pair, weights=WEIGHTS) -> dict:
     from mrisr.evaluation.methods import SRMethod
 
     class Blend(SRMethod):
@@ -63,15 +65,20 @@ def _blend_methods(pair: _Pair) -> dict:
             x_ref, x_noref = pair(case)
             return (self.weight * x_ref + (1 - self.weight) * x_noref).astype(np.float32)
 
-    return {f"blend w={w:g} (w=1: with reference, w=0: without)": Blend(w) for w in WEIGHTS}
+    return {f"blend w={w:g} (w=1: with reference, w=0: without)": Blend(w) for w in weights}
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[1])
     parser.add_argument("--sets", default=",".join(VOLUME_SETS + THICK_VOLUME_SETS +
                                                    BICUBIC_VOLUME_SETS))
+    parser.add_argument("--scales", default="", help="in-plane factors to keep, e.g. 8")
+    parser.add_argument("--weights", default=",".join(f"{w:g}" for w in WEIGHTS))
+    parser.add_argument("--out", default=str(REPO / "results" / "blend"))
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
+    keep = {float(s) for s in args.scales.split(",") if s}
+    weights = tuple(float(w) for w in args.weights.split(","))
 
     import torch
 
@@ -82,10 +89,17 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     for name in args.sets.split(","):
         data = load_yaml(REPO / "configs" / "cross" / f"{name}.yaml")
+        if keep:
+            # The in-plane factor is the largest of a case's (the head's slice axis is 0).
+            data["scales"] = [s for s in data["scales"] if float(max(s)) in keep]
+            if not data["scales"]:
+                print(f"== {name}: no case at x{args.scales}", flush=True)
+                continue
         cfg = from_dict(EvaluateConfig, data, source=f"{name}.yaml")
-        out = REPO / "results" / "blend" / name
+        out = Path(args.out) / name
         print(f"== {name} -> {out}", flush=True)
-        write_report(evaluate(cfg, methods=_blend_methods(_Pair()), show_progress=False), out)
+        write_report(evaluate(cfg, methods=_blend_methods(_Pair(), weights),
+                              show_progress=False), out)
         print((out / "table.md").read_text(), flush=True)
     return 0
 
