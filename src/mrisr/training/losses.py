@@ -132,10 +132,9 @@ def tensor_loss(pred: torch.Tensor, target: torch.Tensor, bvecs: torch.Tensor,
 
     The projection depends only on the span of the quadratic terms, which a rotation or
     reflection of every direction of the group leaves as it is: the flips and axis permutations
-    of ``dmri.augment`` need no reorientation of the b-vectors. With ``K`` directions only the
-    ``K - 1``-dimensional spread across directions of which 5 dimensions move the tensor counts;
-    the rest (noise, crossing fibres, what the fit discards) costs nothing, unlike in
-    :func:`angular_loss`.
+    of ``dmri.augment`` need no reorientation of the b-vectors. Of the ``K - 1`` dimensions of
+    the spread across ``K`` directions, only the 5 that move the tensor count; the rest (noise,
+    crossing fibres, what the fit discards) costs nothing, unlike in :func:`angular_loss`.
     """
     if pred.shape != target.shape or pred.dim() < 3:
         raise ValueError(f"tensor_loss needs equal (groups, volumes, ...) shapes, got "
