@@ -5,6 +5,7 @@ scanners, trained on the CPU"). Not an mrisr option yet.
 
     OMP_NUM_THREADS=1 python benchmarks/dmri_angular_pooling.py configs/eval_dmri_heldout_B_fa.yaml \
         ongoing/csr_dmri_s_heldout_B/final.pt -o results/dmri-pooling/B [--weights 0,0.5,1]
+        [--mode mean|tensor]
 
 The series path upscales each volume on its own: cubic interpolation plus the model's
 correction ``c_v`` inside the brain. Each volume's correction errs in its own way, and the
@@ -12,7 +13,10 @@ tensor fit reads differences between directions as anisotropy. Here the correcti
 the cubic signal, ``c_v / cubic_v``, is averaged over the diffusion-weighted volumes of each
 shell, and volume ``v`` gets ``cubic_v + (1 - w) c_v + w cubic_v mean(c / cubic)``: ``w = 0``
 is the model as it runs today, ``w = 1`` one relative sharpening shared by every direction
-(the anisotropy left to cubic interpolation). The evaluation is the config's (`mrisr evaluate`'s
+(the anisotropy left to cubic interpolation). ``--mode tensor`` removes only the part of the
+relative correction that a log-linear tensor fit reads as anisotropy (its projection onto the
+shell's tensor design, less its mean: :func:`mrisr.training.losses.tensor_loss`'s ``e``), with
+weight ``w``: the mean and what no tensor explains stay. The evaluation is the config's (`mrisr evaluate`'s
 signal protocol: every volume degraded in signal space, PSNR inside the brain, the tensor fit
 in white matter), run without the T1w; the report goes to ``-o``.
 """
@@ -30,7 +34,30 @@ def main(argv=None) -> int:
     parser.add_argument("model")
     parser.add_argument("-o", "--output", required=True)
     parser.add_argument("--weights", default="0,0.5,1")
+    parser.add_argument("--mode", choices=("mean", "tensor"), default="mean")
     args = parser.parse_args(argv)
+
+    import torch
+
+    import mrisr.evaluation.dmri as dmri_evaluation
+    from mrisr.training.losses import tensor_design
+
+    # The methods get a case's b-values, not its b-vectors: keep them by the array's identity.
+    bvecs_of, load_series_cases = {}, dmri_evaluation.load_series_cases
+
+    def load_and_keep(*a, **k):
+        cases = load_series_cases(*a, **k)
+        bvecs_of.update({id(c.bvals): c.bvecs for c in cases})
+        return cases
+
+    dmri_evaluation.load_series_cases = load_and_keep
+
+    def anisotropic_part(relative: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray):
+        """``relative`` ``(..., K)`` less what the tensor fit keeps of it beyond its mean."""
+        k = relative.shape[-1]
+        design = tensor_design(torch.from_numpy(bvecs.T[None]), torch.from_numpy(bvals[None]))[0]
+        projection = (design @ torch.linalg.pinv(design)).numpy() - 1.0 / k
+        return (relative.reshape(-1, k) @ projection.T).reshape(relative.shape)
 
     from mrisr.config import from_dict, load_yaml
     from mrisr.degradation import spline_resize
@@ -53,6 +80,15 @@ def main(argv=None) -> int:
                                                 order=3) for v in indices[k]], -1)
                 correction = out[..., k] - cubic
                 floor = 1e-6 * float(cubic.max())
+                if args.mode == "tensor":
+                    if len(k) < 7:
+                        continue
+                    relative = np.clip(correction / np.maximum(cubic, floor), -1.0, 1.0)
+                    part = anisotropic_part(relative, bvals[indices[k]].astype(np.float64),
+                                            bvecs_of[id(bvals)][:, indices[k]])
+                    out[..., k] = np.maximum(cubic + correction -
+                                             self.weight * cubic * part, 0.0)
+                    continue
                 relative = np.clip(np.mean(correction / np.maximum(cubic, floor), axis=-1,
                                            keepdims=True), -1.0, 1.0)
                 out[..., k] = np.maximum(cubic + (1 - self.weight) * correction +
@@ -62,7 +98,8 @@ def main(argv=None) -> int:
     cfg = from_dict(DmriEvaluateConfig, load_yaml(args.config), source=args.config)
     methods = {"Cubic": SeriesMethod(MethodSpec("cubic", label="Cubic"))}
     for w in (float(x) for x in args.weights.split(",")):
-        label = f"without T1w, pooled w={w:g}"
+        label = f"without T1w, pooled w={w:g}" if args.mode == "mean" else \
+            f"without T1w, anisotropic part removed w={w:g}"
         methods[label] = PooledSeriesMethod(MethodSpec("upscale", {"model": args.model,
                                                                    "t1": False}, label), w)
     result = evaluate_dmri_signal(cfg, methods, show_progress=False)
