@@ -5,7 +5,7 @@ scanners, trained on the CPU"). Not an mrisr option yet.
 
     OMP_NUM_THREADS=1 python benchmarks/dmri_angular_pooling.py configs/eval_dmri_heldout_B_fa.yaml \
         ongoing/csr_dmri_s_heldout_B/final.pt -o results/dmri-pooling/B [--weights 0,0.5,1]
-        [--mode mean|tensor]
+        [--mode mean|tensor] [--t1] [--scales 3,4]
 
 The series path upscales each volume on its own: cubic interpolation plus the model's
 correction ``c_v`` inside the brain. Each volume's correction errs in its own way, and the
@@ -18,7 +18,8 @@ relative correction that a log-linear tensor fit reads as anisotropy (its projec
 shell's tensor design, less its mean: :func:`mrisr.training.losses.tensor_loss`'s ``e``), with
 weight ``w``: the mean and what no tensor explains stay. The evaluation is the config's (`mrisr evaluate`'s
 signal protocol: every volume degraded in signal space, PSNR inside the brain, the tensor fit
-in white matter), run without the T1w; the report goes to ``-o``.
+in white matter), run without the T1w (``--t1``: with it where the series has one) at the
+config's scales (``--scales``); the report goes to ``-o``.
 """
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ def main(argv=None) -> int:
     parser.add_argument("-o", "--output", required=True)
     parser.add_argument("--weights", default="0,0.5,1")
     parser.add_argument("--mode", choices=("mean", "tensor"), default="mean")
+    parser.add_argument("--t1", action="store_true",
+                        help="give the model the series' T1w where it has one")
+    parser.add_argument("--scales", default="", help="instead of the config's, e.g. 3,4")
     args = parser.parse_args(argv)
 
     import torch
@@ -95,13 +99,17 @@ def main(argv=None) -> int:
                                          self.weight * cubic * relative, 0.0)
             return out, info
 
-    cfg = from_dict(DmriEvaluateConfig, load_yaml(args.config), source=args.config)
+    data = load_yaml(args.config)
+    if args.scales:
+        data["scales"] = [float(x) for x in args.scales.split(",")]
+    cfg = from_dict(DmriEvaluateConfig, data, source=args.config)
+    with_t1 = "with T1w" if args.t1 else "without T1w"
     methods = {"Cubic": SeriesMethod(MethodSpec("cubic", label="Cubic"))}
     for w in (float(x) for x in args.weights.split(",")):
-        label = f"without T1w, pooled w={w:g}" if args.mode == "mean" else \
-            f"without T1w, anisotropic part removed w={w:g}"
+        label = f"{with_t1}, pooled w={w:g}" if args.mode == "mean" else \
+            f"{with_t1}, anisotropic part removed w={w:g}"
         methods[label] = PooledSeriesMethod(MethodSpec("upscale", {"model": args.model,
-                                                                   "t1": False}, label), w)
+                                                                   "t1": args.t1}, label), w)
     result = evaluate_dmri_signal(cfg, methods, show_progress=False)
     paths = write_dmri_report(result, args.output)
     print(paths["table"].read_text())
