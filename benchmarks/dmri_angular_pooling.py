@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     import torch
 
     import mrisr.evaluation.dmri as dmri_evaluation
-    from mrisr.training.losses import tensor_design
+    from mrisr.training.losses import anisotropic_projection
 
     # The methods get a case's b-values, not its b-vectors: keep them by the array's identity.
     bvecs_of, load_series_cases = {}, dmri_evaluation.load_series_cases
@@ -59,8 +59,8 @@ def main(argv=None) -> int:
     def anisotropic_part(relative: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray):
         """``relative`` ``(..., K)`` less what the tensor fit keeps of it beyond its mean."""
         k = relative.shape[-1]
-        design = tensor_design(torch.from_numpy(bvecs.T[None]), torch.from_numpy(bvals[None]))[0]
-        projection = (design @ torch.linalg.pinv(design)).numpy() - 1.0 / k
+        projection = anisotropic_projection(torch.from_numpy(bvecs.T[None]),
+                                            torch.from_numpy(bvals[None]))[0].numpy()
         return (relative.reshape(-1, k) @ projection.T).reshape(relative.shape)
 
     from mrisr.config import from_dict, load_yaml

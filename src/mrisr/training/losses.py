@@ -115,6 +115,14 @@ def tensor_design(bvecs: torch.Tensor, bvals: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.ones_like(quadratic[..., :1]), weight * quadratic], -1)
 
 
+def anisotropic_projection(bvecs: torch.Tensor, bvals: torch.Tensor) -> torch.Tensor:
+    """``(G, K, K)`` float64: ``P - 11^T / K``, with ``P`` the projection onto the columns of
+    :func:`tensor_design`. Applied to a group's relative errors (or corrections) it keeps the
+    part that a log-linear tensor fit reads as anisotropy."""
+    design = tensor_design(bvecs, bvals)
+    return design @ torch.linalg.pinv(design) - 1.0 / design.shape[1]
+
+
 def tensor_loss(pred: torch.Tensor, target: torch.Tensor, bvecs: torch.Tensor,
                 bvals: torch.Tensor, mask: torch.Tensor | None = None,
                 floor: float = 0.05) -> torch.Tensor:
@@ -144,9 +152,8 @@ def tensor_loss(pred: torch.Tensor, target: torch.Tensor, bvecs: torch.Tensor,
         raise ValueError(f"tensor_loss needs b-vectors {(groups, k, 3)} and b-values "
                          f"{(groups, k)}, got {tuple(bvecs.shape)} and {tuple(bvals.shape)}")
     # A few small matrices: in float64 on the CPU, which every device's tensors can reach.
-    design = tensor_design(bvecs.detach().cpu(), bvals.detach().cpu())
-    projection = design @ torch.linalg.pinv(design)
-    anisotropic = (projection - 1.0 / k).to(device=pred.device, dtype=torch.float32)
+    anisotropic = anisotropic_projection(bvecs.detach().cpu(), bvals.detach().cpu()).to(
+        device=pred.device, dtype=torch.float32)
     pred, target = pred.float(), target.float()
     relative = ((pred - target) / target.clamp_min(floor)).reshape(groups, k, -1)
     if mask is None:

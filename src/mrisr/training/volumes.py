@@ -46,7 +46,8 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 import torch
 
-from mrisr.data.dwi import DwiSubject, attenuation_level, simulate_shells
+from mrisr.data.dwi import (DwiSubject, attenuation_level, b0_indices, select_shell,
+                            simulate_shells)
 from mrisr.data.dwi_sources import load_dwi_subjects, split_slab  # noqa: F401  (their old home)
 from mrisr.data.intensity import robust_max
 from mrisr.degradation import spline_resize
@@ -237,10 +238,10 @@ class VolumePatchTask:
         s, group = self.subjects[index], self.d.direction_group
         n = s.shell.shape[3]
         first = int(rng.integers(n))
-        b = np.asarray(s.bvals, dtype=np.float64)
-        shell = np.flatnonzero((np.abs(b - b[first]) <= 100.0) & (b > 50.0))
+        weighted = first not in b0_indices(s.bvals)
+        shell = select_shell(s.bvals, float(s.bvals[first])) if weighted else np.zeros(0, int)
         shell = shell[shell != first]
-        if b[first] <= 50.0 or shell.size == 0:
+        if shell.size == 0:
             return np.concatenate([[first], rng.choice(n, group - 1, replace=n < group)])
         return np.concatenate([[first], rng.choice(shell, group - 1,
                                                    replace=shell.size < group - 1)])
@@ -318,7 +319,8 @@ class VolumePatchTask:
             item["bvec"] = np.asarray(s.bvecs[:, volume], dtype=np.float32)
             item["bval"] = np.float32(s.bvals[volume])
             # A mixture of two directions is no single direction's signal.
-            item["tensor_ok"] = np.bool_(draws["mix"] is None and s.bvals[volume] > 50.0)
+            item["tensor_ok"] = np.bool_(draws["mix"] is None and
+                                         volume not in b0_indices(s.bvals))
         if self.d.loss_region == "brain":
             item["brain"] = (brain[None].reshape(1, -1)[:, pick] if self.d.queries
                              else brain[None])
@@ -447,8 +449,9 @@ class VolumePatchTask:
     def loss(self, model, batch: dict):
         """``L1 (or loss.pixel_norm) + frequency_weight * mean |FFT(pred) - FFT(hr)|`` over the
         HR patch (3D), plus ``angular_weight *`` :func:`~mrisr.training.losses.angular_loss`
-        over each direction group; with ``loss_region: brain`` only the brain voxels' errors
-        count."""
+        over each direction group and ``tensor_weight *``
+        :func:`~mrisr.training.losses.tensor_loss` over each one-shell group; with
+        ``loss_region: brain`` only the brain voxels' errors count."""
         pred = model(batch["lr"], batch.get("ref"), self.query(batch))
         target = batch["hr"]
         pred = pred.reshape(target.shape)
@@ -474,11 +477,10 @@ class VolumePatchTask:
     def _tensor_loss(self, pred, target, inside, batch) -> torch.Tensor:
         """:func:`~mrisr.training.losses.tensor_loss` over the groups whose volumes are all
         diffusion-weighted volumes of one shell, unmixed (0 when there is none)."""
-        group = self.d.direction_group
-        shape = (-1, group)
+        shape = (-1, self.d.direction_group)
         bvals = batch["bval"].reshape(shape)
+        # A group is one shell's (_shell_group) unless it holds a b=0 or a mixed volume.
         ok = batch["tensor_ok"].reshape(shape).all(dim=1)
-        ok &= (bvals.max(dim=1).values - bvals.min(dim=1).values) <= 200.0
         if not bool(ok.any()):
             return 0 * pred.float().sum()
         grouped = [x.reshape(shape + x.shape[1:])[ok] for x in (pred, target)]
