@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Exploration for issue 24, item 3: does pooling a 3D model's correction across the gradient
 directions of a shell bring the FA error back to cubic's? (docs/benchmarks/dmri.md, "Held-out
-scanners, trained on the CPU"). Not an mrisr option yet.
+scanners, trained on the CPU" and "The tensor loss").
 
     OMP_NUM_THREADS=1 python benchmarks/dmri_angular_pooling.py configs/eval_dmri_heldout_B_fa.yaml \
         ongoing/csr_dmri_s_heldout_B/final.pt -o results/dmri-pooling/B [--weights 0,0.5,1]
@@ -19,7 +19,8 @@ shell's tensor design, less its mean: :func:`mrisr.training.losses.tensor_loss`'
 weight ``w``: the mean and what no tensor explains stay. The evaluation is the config's (`mrisr evaluate`'s
 signal protocol: every volume degraded in signal space, PSNR inside the brain, the tensor fit
 in white matter), run without the T1w (``--t1``: with it where the series has one) at the
-config's scales (``--scales``); the report goes to ``-o``.
+config's scales (``--scales``); the report goes to ``-o``. ``--mode tensor`` is now
+``mrisr upscale --tensor-consistency w`` (:mod:`mrisr.inference.anisotropy`).
 """
 from __future__ import annotations
 
@@ -41,28 +42,6 @@ def main(argv=None) -> int:
     parser.add_argument("--scales", default="", help="instead of the config's, e.g. 3,4")
     args = parser.parse_args(argv)
 
-    import torch
-
-    import mrisr.evaluation.dmri as dmri_evaluation
-    from mrisr.training.losses import anisotropic_projection
-
-    # The methods get a case's b-values, not its b-vectors: keep them by the array's identity.
-    bvecs_of, load_series_cases = {}, dmri_evaluation.load_series_cases
-
-    def load_and_keep(*a, **k):
-        cases = load_series_cases(*a, **k)
-        bvecs_of.update({id(c.bvals): c.bvecs for c in cases})
-        return cases
-
-    dmri_evaluation.load_series_cases = load_and_keep
-
-    def anisotropic_part(relative: np.ndarray, bvals: np.ndarray, bvecs: np.ndarray):
-        """``relative`` ``(..., K)`` less what the tensor fit keeps of it beyond its mean."""
-        k = relative.shape[-1]
-        projection = anisotropic_projection(torch.from_numpy(bvecs.T[None]),
-                                            torch.from_numpy(bvals[None]))[0].numpy()
-        return (relative.reshape(-1, k) @ projection.T).reshape(relative.shape)
-
     from mrisr.config import from_dict, load_yaml
     from mrisr.degradation import spline_resize
     from mrisr.evaluation.dmri import (DmriEvaluateConfig, SeriesMethod, evaluate_dmri_signal,
@@ -70,12 +49,14 @@ def main(argv=None) -> int:
     from mrisr.evaluation.harness import MethodSpec
 
     class PooledSeriesMethod(SeriesMethod):
+        """``--mode mean``: each volume's correction blended with its shell's mean."""
+
         def __init__(self, spec: MethodSpec, weight: float):
             super().__init__(spec)
             self.weight = weight
 
-        def __call__(self, lr, t1, bvals, out_shape, out_affine, indices):
-            out, info = super().__call__(lr, t1, bvals, out_shape, out_affine, indices)
+        def __call__(self, lr, t1, bvals, out_shape, out_affine, indices, bvecs=None):
+            out, info = super().__call__(lr, t1, bvals, out_shape, out_affine, indices, bvecs)
             indices = np.asarray(indices)
             shells = np.round(bvals[indices], -2)
             for shell in np.unique(shells[shells >= 50]):
@@ -84,15 +65,6 @@ def main(argv=None) -> int:
                                                 order=3) for v in indices[k]], -1)
                 correction = out[..., k] - cubic
                 floor = 1e-6 * float(cubic.max())
-                if args.mode == "tensor":
-                    if len(k) < 7:
-                        continue
-                    relative = np.clip(correction / np.maximum(cubic, floor), -1.0, 1.0)
-                    part = anisotropic_part(relative, bvals[indices[k]].astype(np.float64),
-                                            bvecs_of[id(bvals)][:, indices[k]])
-                    out[..., k] = np.maximum(cubic + correction -
-                                             self.weight * cubic * part, 0.0)
-                    continue
                 relative = np.clip(np.mean(correction / np.maximum(cubic, floor), axis=-1,
                                            keepdims=True), -1.0, 1.0)
                 out[..., k] = np.maximum(cubic + (1 - self.weight) * correction +
@@ -106,10 +78,15 @@ def main(argv=None) -> int:
     with_t1 = "with T1w" if args.t1 else "without T1w"
     methods = {"Cubic": SeriesMethod(MethodSpec("cubic", label="Cubic"))}
     for w in (float(x) for x in args.weights.split(",")):
-        label = f"{with_t1}, pooled w={w:g}" if args.mode == "mean" else \
-            f"{with_t1}, anisotropic part removed w={w:g}"
-        methods[label] = PooledSeriesMethod(MethodSpec("upscale", {"model": args.model,
-                                                                   "t1": args.t1}, label), w)
+        if args.mode == "mean":
+            label = f"{with_t1}, pooled w={w:g}"
+            methods[label] = PooledSeriesMethod(MethodSpec(
+                "upscale", {"model": args.model, "t1": args.t1}, label), w)
+        else:  # mrisr upscale --tensor-consistency w
+            label = f"{with_t1}, anisotropic part removed w={w:g}"
+            methods[label] = SeriesMethod(MethodSpec(
+                "upscale", {"model": args.model, "t1": args.t1, "tensor_consistency": w},
+                label))
     result = evaluate_dmri_signal(cfg, methods, show_progress=False)
     paths = write_dmri_report(result, args.output)
     print(paths["table"].read_text())

@@ -24,7 +24,8 @@ from mrisr.models.query import (bspline_coefficients, grid_positions, sample_bsp
                                 sample_points)
 from mrisr.resample import resample_to_grid
 from mrisr.training import build_task, train
-from mrisr.training.losses import angular_loss, tensor_design, tensor_loss
+from mrisr.data.tensor_design import tensor_design
+from mrisr.training.losses import angular_loss, tensor_loss
 from mrisr.training.config import TrainConfig
 
 from conftest import shared_dataset

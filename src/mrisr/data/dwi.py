@@ -30,7 +30,7 @@ from mrisr.resample import resample_to_grid
 if TYPE_CHECKING:
     from mrisr.data.phantom import DwiPhantom
 
-__all__ = ["DwiSubject", "PlacedImage", "b0_indices", "select_shell", "normalise_by_b0",
+__all__ = ["DwiSubject", "PlacedImage", "b0_indices", "select_shell", "shells", "normalise_by_b0",
            "denormalise", "attenuation_level", "place_t1_on_dwi_grid",
            "brain_mask", "scale_t1", "load_dwi_subject", "phantom_dwi_subject",
            "simulate_shells"]
@@ -78,6 +78,21 @@ def select_shell(bvals: np.ndarray, bvalue: Optional[float] = 1000.0, tolerance:
         raise InputError(f"no b={bvalue:g} shell (tolerance {tolerance:g}) among the b-values "
                          f"present: {_present_bvalues(b)}")
     return idx
+
+
+def shells(bvals: np.ndarray, tolerance: float = 100.0,
+           b0_threshold: float = 50.0) -> list[np.ndarray]:
+    """The diffusion-weighted volumes grouped into shells: sorted by b-value and split where
+    two neighbours differ by more than ``tolerance`` s/mm^2 (scanners jitter b-values by a few
+    per direction). A list of int index arrays, lowest shell first; b=0 volumes
+    (``b <= b0_threshold``) are in none."""
+    b = np.asarray(bvals, dtype=np.float64).reshape(-1)
+    weighted = np.flatnonzero(b > b0_threshold)
+    order = weighted[np.argsort(b[weighted], kind="stable")]
+    if order.size == 0:
+        return []
+    cuts = np.flatnonzero(np.diff(b[order]) > tolerance) + 1
+    return [np.sort(part) for part in np.split(order, cuts)]
 
 
 def normalise_by_b0(dwi: np.ndarray, bvals: np.ndarray, bvalue: Optional[float] = 1000.0,

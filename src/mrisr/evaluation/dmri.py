@@ -71,7 +71,7 @@ PROTOCOLS = ("attenuation", "signal")
 #: Method names of the signal protocol that run a model through ``mrisr upscale``'s path.
 SERIES_METHODS = ("upscale", "model3d")
 SERIES_METHOD_ARGS = {"model", "adapt", "calibrate", "register", "t1", "device", "threads",
-                      "precision"}
+                      "precision", "tensor_consistency"}
 CATEGORY_TAGS = {"in-distribution": "", "out-of-distribution": " (OOD)",
                  "non-integer": " (non-int.)"}
 #: Tensor-fidelity metrics: (row key, column title, display factor, decimals).
@@ -125,8 +125,10 @@ class DmriEvaluateConfig:
         ``mrisr upscale --calibrate``), ``register`` (T1w registration,
         default: as the model's training), ``t1`` (false: do not give the T1w, e.g. a model
         trained with T1w dropout run as on a series without one), ``device``, ``precision``
-        (``auto``, ``fp32``, ``bf16``: :mod:`mrisr.precision`); a method that
-        needs a T1w is skipped on a subject without one.
+        (``auto``, ``fp32``, ``bf16``: :mod:`mrisr.precision`), ``tensor_consistency`` (that of
+        ``mrisr upscale``, default ``off`` here as ``calibrate``'s: every shell that holds a
+        scored volume is then upscaled whole); a method that needs a T1w is skipped on a
+        subject without one.
     degradation: ``signal`` protocol: ``bicubic`` (cubic B-spline downsampling of each volume,
         as benchmarks/dmri_series_upscale.py) or ``bicubic_aa`` (Gaussian filter first).
     volumes: ``signal`` protocol: diffusion-weighted volumes scored per subject, evenly spaced
@@ -162,7 +164,7 @@ class DmriEvaluateConfig:
                                       "runs interpolations "
                                       f"({', '.join(INTERPOLATION_MODELS)}) and 'upscale' "
                                       "(args: model, adapt, calibrate, register, t1, "
-                                      "device)")
+                                      "device, tensor_consistency)")
                 unknown = set(m.args) - SERIES_METHOD_ARGS
                 if unknown:
                     raise ConfigError(f"{source}: method '{m.display}': unknown args "
@@ -427,6 +429,13 @@ class SeriesMethod:
             torch.set_num_threads(int(args["threads"]))
         self.adapt = int(args.get("adapt", 0) or 0)
         self.calibrate = args.get("calibrate", "off")
+        from mrisr.inference.decisions import tensor_consistency_weight
+
+        try:
+            self.tensor_consistency = args.get("tensor_consistency", "off")
+            tensor_consistency_weight(self.tensor_consistency)
+        except InputError as exc:
+            raise ConfigError(f"method '{spec.display}': {exc}") from None
         self.register = args.get("register")
         self.device = args.get("device", "auto")
         self.precision = args.get("precision", "auto")
@@ -445,10 +454,42 @@ class SeriesMethod:
             raise ConfigError(f"method '{spec.display}': adapt needs a trained model")
 
     def __call__(self, lr: Volume, t1: Optional[Volume], bvals: np.ndarray,
+                 out_shape: tuple, out_affine: np.ndarray, indices: np.ndarray,
+                 bvecs: Optional[np.ndarray] = None) -> tuple[np.ndarray, dict]:
+        """The volumes ``indices`` of the LR series upscaled to ``out_shape``:
+        ``((X, Y, Z, len(indices)), info)`` (info: adaptation seconds and losses, the
+        tensor-consistency decision). ``bvecs`` ``(3, N)``: needed for
+        ``tensor_consistency``."""
+        from mrisr.inference.anisotropy import (cubic_base, remove_anisotropic_detail,
+                                                usable_shells)
+        from mrisr.inference.decisions import decide_tensor_consistency
+
+        indices = np.asarray(indices, dtype=int)
+        tables = bvals is not None and bvecs is not None
+        shells = usable_shells(bvals, bvecs)[1] if tables else []
+        decision = decide_tensor_consistency(self.tensor_consistency, not self.interpolation,
+                                             True, tables, shells)
+        if decision.choice == "none":
+            out, info = self._upscale(lr, t1, bvals, out_shape, out_affine, indices)
+            return out, {**info, "tensor_consistency": decision.as_dict()}
+        # Every shell that holds a scored volume is upscaled whole, as mrisr upscale does.
+        work = indices
+        for shell in usable_shells(bvals, bvecs)[0]:
+            if np.isin(shell, indices).any():
+                work = np.union1d(work, shell)
+        out, info = self._upscale(lr, t1, bvals, out_shape, out_affine, work)
+        series = np.moveaxis(out, -1, 0)
+        bases = np.stack([cubic_base(lr.data[..., v], out_shape)
+                          for v in work])
+        decision.evidence.update(remove_anisotropic_detail(
+            series, bases, bvals[work], bvecs[:, work], float(decision.choice)))
+        keep = [int(np.flatnonzero(work == v)[0]) for v in indices]
+        return out[..., keep], {**info, "tensor_consistency": decision.as_dict()}
+
+    def _upscale(self, lr: Volume, t1: Optional[Volume], bvals: np.ndarray,
                  out_shape: tuple, out_affine: np.ndarray, indices: np.ndarray
                  ) -> tuple[np.ndarray, dict]:
-        """The volumes ``indices`` of the LR series upscaled to ``out_shape``:
-        ``((X, Y, Z, len(indices)), info)`` (info: adaptation seconds and losses)."""
+        """:meth:`__call__` without the tensor-consistency step."""
         from mrisr.inference.decisions import calibrate_applies
         from mrisr.inference.upscale import upscale
         from mrisr.inference.volume3d import SeriesUpscaler3D
@@ -530,7 +571,7 @@ def evaluate_dmri_signal(cfg: DmriEvaluateConfig,
                         continue
                     t0 = time.perf_counter()
                     pred, info = method(lr_volume, case.t1, case.bvals, shape, case.affine,
-                                        needed)
+                                        needed, bvecs=case.bvecs)
                     seconds = time.perf_counter() - t0
                     key = {**head, "method": label,
                            "reference": "t1" if method.uses_reference and case.t1 is not None

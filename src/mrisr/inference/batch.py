@@ -318,7 +318,8 @@ class UpscaleBatch:
             :func:`~mrisr.inference.upscale.upscale_file`'s. on_job / on_written: called before
             / after each job; on_error: with each job that fails (the batch goes on).
             options: ``scale`` / ``voxel_size`` / ``shape``, ``device``, ``plane``, ``tile``,
-            ``precision``, ``register``, ``consistency``, ``calibrate``, ``memmap``, ``qc`` (a QC
+            ``precision``, ``register``, ``consistency``, ``calibrate``,
+            ``tensor_consistency``, ``memmap``, ``qc`` (a QC
             picture per output and, for a batch, the page :attr:`report_path`).
         Returns the :class:`BatchSummary`, including the jobs that failed their checks.
         """

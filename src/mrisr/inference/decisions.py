@@ -11,7 +11,9 @@ One :class:`Decisions` record per output, written to the sidecar as its ``decisi
   after it ran, whether the fine-tuned copy was used (:func:`adaptation_outcome`: held-out
   pairs, :mod:`mrisr.training.adapt`);
 * ``calibration``: whether the detail gain is fitted (:func:`decide_calibration`) and the gain;
-* ``consistency``: the data-consistency projection applied (:func:`consistency_decision`).
+* ``consistency``: the data-consistency projection applied (:func:`consistency_decision`);
+* ``tensor_consistency``: how much of the anisotropic part of a model's detail is taken out of
+  a diffusion series (:func:`decide_tensor_consistency`, :mod:`mrisr.inference.anisotropy`).
 
 Each entry is ``{"choice": ..., "reason": ..., "evidence": {...}}``. The functions only decide;
 the work (registering, adapting, projecting) happens where it did before, and the sidecar keeps
@@ -33,7 +35,7 @@ __all__ = ["Decision", "Decisions", "SWITCH_MODES", "REGISTER_MODES", "switch_mo
            "adaptation_outcome", "calibrate_applies", "reference_check_applies",
            "SYNTHETIC_REFERENCES_REASON",
            "decide_calibration",
-           "consistency_decision"]
+           "consistency_decision", "tensor_consistency_weight", "decide_tensor_consistency"]
 
 #: The values of an ``auto``/``on``/``off`` option (``register``, ``calibrate``).
 SWITCH_MODES = ("auto", "on", "off")
@@ -76,6 +78,7 @@ class Decisions:
     adaptation: Optional[Decision] = None
     calibration: Optional[Decision] = None
     consistency: Optional[Decision] = None
+    tensor_consistency: Optional[Decision] = None
 
     def as_dict(self) -> dict:
         """The sidecar's ``decisions`` block."""
@@ -311,3 +314,52 @@ def consistency_decision(report: dict) -> Decision:
         f": {model} for these factors" if requested == "auto" else ""))
     return Decision(model, reason, {k: v for k, v in report.items()
                                     if k not in ("model", "reason")})
+
+
+# -- tensor consistency -------------------------------------------------------------------------
+def tensor_consistency_weight(value) -> Optional[float]:
+    """``tensor_consistency`` of :func:`~mrisr.inference.upscale.upscale_file` as a weight in
+    ``[0, 1]``, or ``None`` for ``auto``: ``"off"``/``False`` -> 0, ``"on"``/``True`` -> 1, a
+    number (or its text) as it is."""
+    if value is None or value == "auto":
+        return None
+    if isinstance(value, bool) or value in ("on", "off"):
+        return 1.0 if value in (True, "on") else 0.0
+    try:
+        weight = float(value)
+    except (TypeError, ValueError):
+        weight = float("nan")
+    if not 0.0 <= weight <= 1.0:
+        raise InputError(f"tensor_consistency must be auto, on, off or a weight in [0, 1], "
+                         f"got {value!r}")
+    return weight
+
+
+def decide_tensor_consistency(requested, learned_model: bool, series: bool,
+                              b_tables: bool, shells: Sequence[dict]) -> Decision:
+    """How much of the anisotropic part of a model's detail a series loses
+    (:mod:`mrisr.inference.anisotropy`): ``choice`` is the weight as text (``"0.5"``) or
+    ``"none"``. It needs a learned model (an interpolation has no detail), a 4D series, its
+    .bval and .bvec, and a shell of at least ``MIN_DIRECTIONS`` directions (``shells``:
+    :func:`~mrisr.inference.anisotropy.usable_shells`' descriptions). ``auto`` (the default)
+    takes out ``AUTO_WEIGHT`` where all of that holds; a weight asked for on a series without
+    its b-tables is an error the caller raises, since the user asked for something this file
+    cannot give."""
+    from mrisr.inference.anisotropy import AUTO_WEIGHT
+
+    weight = tensor_consistency_weight(requested)
+    asked = "auto" if weight is None else f"--tensor-consistency {weight:g}"
+    evidence = {"shells": list(shells)} if shells else {}
+    if weight == 0.0:
+        return Decision("none", asked, evidence)
+    missing = ("not a 4D series" if not series else
+               "an interpolation has no detail to change" if not learned_model else
+               "no .bval/.bvec beside the series" if not b_tables else
+               "no shell with enough directions" if not any(s["used"] for s in shells) else None)
+    if missing:
+        return Decision("none", f"{asked}: {missing}", evidence)
+    if weight is None:
+        weight = AUTO_WEIGHT
+        asked += f": {AUTO_WEIGHT:g} of the anisotropic part of the detail, which kept the " \
+                 "PSNR gain and lowered the FA error on held-out series"
+    return Decision(f"{weight:g}", asked, evidence)

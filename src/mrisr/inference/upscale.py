@@ -20,7 +20,9 @@ Memory: the LR slice is encoded once; the output slice is decoded in tiles or, f
 Dual-ArbNet, layer by layer over bands of rows (equal to an untiled decode up to float
 rounding; :mod:`mrisr.inference.tiling`); the result goes into one preallocated (optionally
 memory-mapped) array.
-4D series are processed volume by volume and streamed to disk as they finish.
+4D series are processed volume by volume and streamed to disk as they finish (with the
+tensor-consistency step for a model, held until every shell is done:
+:mod:`mrisr.inference.anisotropy`).
 
 3D models (``model.dims == 3``, the CSR-dMRI family) take whole volumes instead of slices: see
 :mod:`mrisr.inference.volume3d` (the dispatch is marked "3D models" below). Which model runs
@@ -48,11 +50,13 @@ from mrisr.degradation import spline_resize
 from mrisr.errors import InputError, MrisrWarning
 from mrisr.grid import (ScaleLike, as_scales, resample_affine, shape_for_voxel_size,
                         upscaled_shape, voxel_sizes)
+from mrisr.inference.anisotropy import cubic_base, remove_anisotropic_detail, usable_shells
 from mrisr.inference.coarsen import reduce_to_output
 from mrisr.inference.decisions import (SYNTHETIC_REFERENCES_REASON, Decision, Decisions,
                                        adaptation_outcome,
                                        calibrate_applies, consistency_decision,
                                        decide_adaptation, decide_calibration, decide_model,
+                                       decide_tensor_consistency, tensor_consistency_weight,
                                        is_thick_slice, reference_check_applies,
                                        register_flag_3d, register_mode, register_reference,
                                        switch_mode)
@@ -160,13 +164,14 @@ def available_memory() -> Optional[int]:
 
 
 def check_resources(out_path: Path, out_shape: Sequence[int], n_volumes: int,
-                    memmap: bool) -> None:
+                    memmap: bool, scratch_volumes: int = 0) -> None:
     """Refuse, before any work, an output that would not fit in memory or on disk (with
-    ``memmap``, one output volume also lives in a scratch file beside the output)."""
+    ``memmap``, one output volume also lives in a scratch file beside the output; and
+    ``scratch_volumes`` more, for steps that need the whole series)."""
     from mrisr.io.atomic import format_size
 
     one = estimate_bytes(out_shape)
-    total = one * n_volumes + (one if memmap else 0)
+    total = one * (n_volumes + scratch_volumes) + (one if memmap else 0)
     free_disk = shutil.disk_usage(out_path.parent).free
     if total > 0.95 * free_disk:
         raise InputError(f"{out_path}: output needs {format_size(total)} on disk but only "
@@ -490,6 +495,23 @@ def consistency_not_applied(model: str) -> dict:
     return {"requested": model, "model": "none", "reason": "not applied to 3D models"}
 
 
+def _decide_tensor_consistency(requested, model, target_path, series: bool, bvals, bvecs
+                               ) -> tuple[Optional[Decision], float]:
+    """:func:`decide_tensor_consistency` for this file (``None`` for a 3D volume, where it
+    never applies), and the weight it applies (0: none). A weight asked for on a series
+    without its b-tables is refused here, before any work."""
+    if not series:
+        return None, 0.0
+    tables = bvals is not None and bvecs is not None
+    learned = not isinstance(model, VolumeInterpolation)
+    if learned and not tables and tensor_consistency_weight(requested):
+        raise InputError(f"{target_path}: tensor consistency needs the series' .bval and .bvec "
+                         "beside it")
+    shells = usable_shells(bvals, bvecs)[1] if tables else []
+    decision = decide_tensor_consistency(requested, learned, series, tables, shells)
+    return decision, 0.0 if decision.choice == "none" else float(decision.choice)
+
+
 def sidecar_path(out_path: Path) -> Path:
     """The JSON sidecar of an output: its name with ``.json`` for the NIfTI extension."""
     from mrisr.io.nifti import companion_path
@@ -504,8 +526,11 @@ def upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
     JSON sidecar; bval/bvec files beside a 4D input are copied. Returns the output image
     (data read lazily from the written file). Keyword arguments: ``memmap``, ``progress``,
     ``on_start``, ``loaded_model``, ``qc`` (also write ``<output>_qc.png``:
-    :mod:`mrisr.inference.qc`), ``sidecar_extra`` (entries added to the sidecar) and those of
-    :func:`upscale`.
+    :mod:`mrisr.inference.qc`), ``sidecar_extra`` (entries added to the sidecar),
+    ``tensor_consistency`` (a diffusion series upscaled by a model: ``auto``, ``off``, ``on``
+    or the weight in ``[0, 1]`` of the anisotropic part of the model's detail taken out,
+    :mod:`mrisr.inference.anisotropy`; :func:`~mrisr.inference.decisions.
+    decide_tensor_consistency` says when ``auto`` does it) and those of :func:`upscale`.
 
     The sidecar and the copied b-tables are outputs like the image
     (:func:`~mrisr.inference.result.written_companions`): checked before any work, refused when
@@ -537,7 +562,8 @@ def _upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
                   memmap: bool = False, progress: Optional[Callable[[int], None]] = None,
                   on_start: Optional[Callable[[int], None]] = None, loaded_model=None,
                   qc: bool = False, sidecar_extra: Optional[dict] = None,
-                  companions: Sequence[Path] = (), **options) -> nib.Nifti1Image:
+                  companions: Sequence[Path] = (), tensor_consistency="auto",
+                  **options) -> nib.Nifti1Image:
     """:func:`upscale_file`'s work, run while it holds the output lock."""
     started = time.perf_counter()
     from mrisr.io.atomic import atomic_paths, check_output_path, reserve_space, scratch_prefix
@@ -550,6 +576,7 @@ def _upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
         raise InputError(f"{out}: output must end in .nii or .nii.gz")
     check_output_path(out, overwrite=overwrite, inputs=(target_path, reference_path))
     check_consistency(options.get("consistency", DEFAULT_CONSISTENCY))
+    tensor_consistency_weight(tensor_consistency)
     target = load_nifti(target_path, ndim=(3, 4))
     reference = load_nifti(reference_path) if reference_path is not None else None
     for image, name in ((target, target_path), (reference, reference_path)):
@@ -567,7 +594,6 @@ def _upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
     shape3 = target.spatial_shape
     out_shape, out_affine = output_grid(shape3, target.affine, options.get("scale"),
                                         options.get("voxel_size"), options.get("shape"))
-    check_resources(out, out_shape, n_vol, memmap)
     options = dict(options)
     register = options.pop("register", None)
     # With loaded_model, "model" is the name it was loaded for (None: the default), if known.
@@ -580,6 +606,9 @@ def _upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
                           Decision(str(model_pack[1].get("model")), "given (a loaded model)"))
     options.setdefault("adapt", "auto")
     check_adaptable(model_pack[0], options["adapt"])
+    decisions.tensor_consistency, anisotropy_weight = _decide_tensor_consistency(
+        tensor_consistency, model_pack[0], target_path, series, bvals, bvecs)
+    check_resources(out, out_shape, n_vol, memmap, 2 * n_vol if anisotropy_weight else 0)
     if "note" in model_pack[1]:
         warnings.warn(MrisrWarning(f"{target_path}: {model_pack[1]['note']}"), stacklevel=3)
     elif reference is not None and isinstance(model_pack[0], VolumeInterpolation):
@@ -627,18 +656,40 @@ def _upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
         options["adapt"] = asked.evidence["steps"]
         if not isinstance(model_pack[0], VolumeInterpolation):  # interpolations never adapt
             decisions.adaptation = asked
+    # The tensor-consistency step: one unit per volume's cubic base, one per shell.
+    extra_units = n_vol + sum(shell["used"] for shell in decisions.tensor_consistency.evidence[
+        "shells"]) if anisotropy_weight else 0
     if on_start and series3d is not None:
-        on_start(n_vol * series3d.units_per_volume)
+        on_start(n_vol * series3d.units_per_volume + extra_units)
     elif on_start:
         model_shape = tuple(min(n, m) for n, m in zip(shape3, out_shape))  # reduce_to_output
         zooms = voxel_sizes(target.affine) * np.array(shape3) / np.array(model_shape)
         axis = choose_slice_axis(model_shape, out_shape, zooms, options.get("plane"))
-        on_start(n_vol * model_shape[axis] + options.get("adapt", 0))
+        on_start(n_vol * model_shape[axis] + options.get("adapt", 0) + extra_units)
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=scratch_prefix()) as scratch:
         buffer = np.lib.format.open_memmap(Path(scratch) / "out.npy", mode="w+",
                                            dtype=np.float32, shape=out_shape) if memmap else None
         if buffer is not None:
             reserve_space(buffer.filename)  # a full disk: an error now, not a crash later
+        # With the tensor-consistency step the series is kept whole (with the cubic base of
+        # each volume) until every shell is done, then written.
+        held = bases = None
+        if anisotropy_weight:
+            held, bases = (np.lib.format.open_memmap(
+                Path(scratch) / name, mode="w+", dtype=np.float32, shape=(n_vol, *out_shape))
+                for name in ("series.npy", "cubic.npy"))
+            for array in (held, bases):
+                reserve_space(array.filename)
+
+        def first_planes(data: np.ndarray, affine: np.ndarray):
+            from mrisr.inference.qc import capture_planes
+
+            return capture_planes(
+                Volume(target.data[..., 0] if series else target.data, target.affine,
+                       target.header, target.path), data, affine,
+                reference if series3d is None else None,
+                series3d.t1 if series3d is not None else None)
+
         with atomic_paths([out, *companions], replace=overwrite) as (tmp, *companion_tmps):
             writer = None
             adapt_info = None
@@ -655,17 +706,25 @@ def _upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
                         model_pack, options["adapt"] = result.adapted_model, 0
                         adapt_info = result.info["adapt"]
                 if qc and v == 0:  # the picture shows the first volume of a series
-                    from mrisr.inference.qc import capture_planes
-
-                    qc_planes = capture_planes(
-                        Volume(target.data[..., 0] if series else target.data, target.affine,
-                               target.header, target.path), result.data, result.affine,
-                        reference if series3d is None else None,
-                        series3d.t1 if series3d is not None else None)
+                    qc_planes = first_planes(result.data, result.affine)
                 if writer is None:
                     writer = StreamingNiftiWriter(tmp, out_shape + ((n_vol,) if series else ()),
                                                   result.affine, target.header)
-                writer.write_volume(result.data)
+                if held is None:
+                    writer.write_volume(result.data)
+                    continue
+                held[v] = result.data
+                bases[v] = cubic_base(target.data[..., v], out_shape)
+                if progress:
+                    progress(1)
+            if held is not None:
+                report = remove_anisotropic_detail(held, bases, bvals, bvecs,
+                                                   anisotropy_weight, progress)
+                decisions.tensor_consistency.evidence.update(report)
+                if qc:
+                    qc_planes = first_planes(held[0], result.affine)
+                for v in range(n_vol):
+                    writer.write_volume(held[v])
             writer.close()
             info = {**result.info, "input": str(target_path), "output": str(out),
                     "volumes": n_vol}

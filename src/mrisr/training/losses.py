@@ -16,6 +16,7 @@ from collections.abc import Sequence
 
 import torch
 
+from mrisr.data.tensor_design import anisotropic_projection
 from mrisr.degradation.kspace import centered_fft, kspace_lowpass_mask
 
 
@@ -99,30 +100,6 @@ def angular_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | 
     return (centred.abs() * keep).sum() / (keep.sum() * pred.shape[1]).clamp_min(1.0)
 
 
-def tensor_design(bvecs: torch.Tensor, bvals: torch.Tensor) -> torch.Tensor:
-    """The log-linear tensor fit's design for a group of volumes of one shell.
-
-    ``bvecs``: ``(G, K, 3)``; ``bvals``: ``(G, K)``. Returns ``(G, K, 7)``: a constant column
-    (``log S_0`` and whatever scales each volume) and ``b_k / mean(b)`` times the six quadratic
-    terms ``g_x^2, g_y^2, g_z^2, 2 g_x g_y, 2 g_x g_z, 2 g_y g_z`` of the unit direction ``g_k``.
-    """
-    g = bvecs.double()
-    g = g / g.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    x, y, z = g.unbind(-1)
-    quadratic = torch.stack([x * x, y * y, z * z, 2 * x * y, 2 * x * z, 2 * y * z], -1)
-    b = bvals.double()
-    weight = (b / b.mean(dim=1, keepdim=True).clamp_min(1e-12)).unsqueeze(-1)
-    return torch.cat([torch.ones_like(quadratic[..., :1]), weight * quadratic], -1)
-
-
-def anisotropic_projection(bvecs: torch.Tensor, bvals: torch.Tensor) -> torch.Tensor:
-    """``(G, K, K)`` float64: ``P - 11^T / K``, with ``P`` the projection onto the columns of
-    :func:`tensor_design`. Applied to a group's relative errors (or corrections) it keeps the
-    part that a log-linear tensor fit reads as anisotropy."""
-    design = tensor_design(bvecs, bvals)
-    return design @ torch.linalg.pinv(design) - 1.0 / design.shape[1]
-
-
 def tensor_loss(pred: torch.Tensor, target: torch.Tensor, bvecs: torch.Tensor,
                 bvals: torch.Tensor, mask: torch.Tensor | None = None,
                 floor: float = 0.05) -> torch.Tensor:
@@ -132,8 +109,9 @@ def tensor_loss(pred: torch.Tensor, target: torch.Tensor, bvecs: torch.Tensor,
     same place; ``bvecs`` ``(G, K, 3)`` and ``bvals`` ``(G, K)`` their gradients; ``mask``: same
     shape as ``pred``, bool. The relative error ``d_k = (pred_k - target_k) / max(target_k,
     floor)`` is to first order the error of ``log S_k``; the fit is linear, so the error of the
-    fitted tensor is the fit of ``d`` (:func:`tensor_design`). Its constant and isotropic part
-    (the mean over the group, which moves ``S_0`` and the mean diffusivity) is left out; what
+    fitted tensor is the fit of ``d`` (:func:`~mrisr.data.tensor_design.tensor_design`). Its
+    constant and isotropic part (the mean over the group, which moves ``S_0`` and the mean
+    diffusivity) is left out; what
     remains is ``e = (P - 11^T / K) d`` with ``P`` the projection onto the design's columns:
     the anisotropic tensor error, as signal. Returns the mean over counted voxels of
     ``sqrt(mean_k e_k^2)``.
