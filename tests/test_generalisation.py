@@ -533,14 +533,52 @@ def test_held_out_slices_are_whole_blocks_never_trained_on():
     assert split_held_out(tiny)[1] is None
 
 
-def test_default_adaptation_is_for_moved_references_in_plane_only():
+def test_default_adaptation_is_for_moved_references_in_plane_and_thick_slices():
     from mrisr.inference.decisions import Decision, decide_adaptation
-    from mrisr.training.adapt import DEFAULT_ADAPT_STEPS
+    from mrisr.training.adapt import DEFAULT_ADAPT_STEPS, THICK_ADAPT_STEPS
 
     corrected, kept = Decision("corrected", "off"), Decision("header", "aligned")
     assert decide_adaptation("auto", corrected, True).evidence["steps"] == DEFAULT_ADAPT_STEPS
-    thick = decide_adaptation("auto", corrected, True, thick_slice=True)
-    assert thick.choice == "none" and "thick slices" in thick.reason
+    for registration in (corrected, kept, None):
+        thick = decide_adaptation("auto", registration, True, thick_slice=True)
+        assert thick.choice == "adapt" and "thick slices" in thick.reason
+        assert thick.evidence["steps"] == THICK_ADAPT_STEPS
     assert decide_adaptation("auto", kept, True).choice == "none"
     assert decide_adaptation("auto", corrected, False).choice == "none"
+    assert decide_adaptation("auto", None, False, thick_slice=True).choice == "none"
     assert decide_adaptation(7, kept, True, thick_slice=True).evidence["steps"] == 7
+    assert decide_adaptation(0, kept, True, thick_slice=True).choice == "none"
+
+
+def test_thick_slice_copies_must_lower_the_held_out_loss_more(small_inplane_pair,
+                                                               monkeypatch):
+    """The same fine-tuning judged as in-plane pairs (1 %) and as thick-slice pairs (8 %): a
+    copy whose held-out loss fell by a few per cent is used for the first, not the second."""
+    import mrisr.training.adapt as adapt
+    from mrisr.training.adapt import MIN_IMPROVEMENT, THICK_MIN_IMPROVEMENT
+
+    assert THICK_MIN_IMPROVEMENT > MIN_IMPROVEMENT
+    seen = []
+    original = adapt.finetune_held_out
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["min_improvement"])
+        return original(*args, **kwargs)
+    monkeypatch.setattr(adapt, "finetune_held_out", spy)
+    lr, ref = small_inplane_pair
+    torch.manual_seed(0)
+    model = create_model("dualarbnet", **TINY)
+    adapt_model(model, lr, (2, 2, 1), 2, ref, steps=5, lr=1e-3, batch_size=4, patch=12)
+    adapt_model(model, lr, (1, 1, 3), 0, ref, steps=5, lr=1e-3, batch_size=4, patch=12)
+    assert seen == [MIN_IMPROVEMENT, THICK_MIN_IMPROVEMENT]
+    # The threshold decides: a held-out loss 3 % lower passes 1 % and fails 8 %.
+    for threshold, used in ((0.01, True), (0.08, False)):
+        held_values = iter([1.0, 0.97, 0.98, 0.99])
+
+        def loss(net, batch):
+            value = 1.0 if net.training else next(held_values)  # eval mode: held-out checks
+            return net(batch["x"]).sum() * 0 + value
+        result = original(torch.nn.Linear(1, 1), lambda step: {"x": torch.ones(1, 1)}, loss,
+                          [{"x": torch.ones(1, 1)}], 15, lr=1e-3, device=torch.device("cpu"),
+                          max_seconds=None, min_improvement=threshold)
+        assert result.adapted == used, threshold

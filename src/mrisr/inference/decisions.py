@@ -209,32 +209,42 @@ def register_reference(reference: Volume, static: np.ndarray, static_affine: np.
 def decide_adaptation(adapt, registration: Optional[Decision], two_d_with_reference: bool,
                       thick_slice: bool = False) -> Decision:
     """The adaptation asked for: ``adapt`` itself when it is a number; ``"auto"`` (the
-    default): :data:`~mrisr.training.adapt.DEFAULT_ADAPT_STEPS` for an in-plane job of a 2D
-    model whose reference the registration moved (a reference from another series: on ixi002
-    it added +0.30 / +0.28 / 0 dB at x2 / x4 / x8 over the registered reference alone, the x8
-    copy rejected by the held-out slices), else none: on co-registered brats volumes it cost
-    0.6-1.1 dB at x2 even judged on held-out slices, and on thick slices (``thick_slice``)
-    1.3 dB at 3 mm for one brats test patient, where the held-out slices said it helped
-    (docs/benchmarks/cross_dataset.md, "Adaptation that never harms"). The copy is used only
-    when it beats the model on held-out pairs (:func:`adaptation_outcome`). ``choice``
-    ``adapt`` or ``none``, ``evidence["steps"]`` the step budget."""
+    default) for a 2D model with a reference:
+
+    * thick slices (``thick_slice``): :data:`~mrisr.training.adapt.THICK_ADAPT_STEPS`, the copy
+      used only when its held-out loss is :data:`~mrisr.training.adapt.THICK_MIN_IMPROVEMENT`
+      below the model's: on sets no model trained on (IXI, a whole head, the phantom, the
+      ICBM152 template; 2-5 mm slices) it added +0.27 to +1.74 dB, and on brats it was kept
+      where it helped (+0.28 dB) and rejected where it cost (docs/benchmarks/cross_dataset.md,
+      "Adaptation of thick-slice jobs");
+    * in-plane: :data:`~mrisr.training.adapt.DEFAULT_ADAPT_STEPS` when the registration moved
+      the reference (a reference from another series: on ixi002 +0.30 / +0.28 / 0 dB at x2 /
+      x4 / x8 over the registered reference alone, the x8 copy rejected by the held-out
+      slices), else none: on co-registered brats volumes it cost 0.6-1.1 dB at x2 even judged
+      on held-out slices (same document, "Adaptation that never harms").
+
+    The copy is used only when it beats the model on held-out pairs
+    (:func:`adaptation_outcome`). ``choice`` ``adapt`` or ``none``, ``evidence["steps"]`` the
+    step budget."""
     if adapt != "auto":
         steps = int(adapt)
         return Decision("adapt" if steps else "none", f"--adapt {steps}", {"steps": steps})
-    from mrisr.training.adapt import DEFAULT_ADAPT_STEPS
+    from mrisr.training.adapt import DEFAULT_ADAPT_STEPS, THICK_ADAPT_STEPS
 
     moved = registration is not None and registration.choice == "corrected"
-    if two_d_with_reference and moved and not thick_slice:
+    if two_d_with_reference and thick_slice:
+        return Decision("adapt", "thick slices: the model learns the input's own in-plane "
+                                 "detail, used only when held-out planes say it helps",
+                        {"steps": THICK_ADAPT_STEPS})
+    if two_d_with_reference and moved:
         return Decision("adapt", "the registration moved the reference: the pair is unlike "
                                  "the co-registered pairs of training",
                         {"steps": DEFAULT_ADAPT_STEPS})
-    if two_d_with_reference and moved:
-        reason = ("thick slices: adaptation is not run by default (the held-out slices, "
-                  "in-plane, do not tell when it costs through-plane)")
-    elif two_d_with_reference:
+    if two_d_with_reference:
         reason = "the reference was not moved"
     else:
-        reason = "adapted only when the registration moves a 2D model's reference"
+        reason = "adapted only when the registration moves a 2D model's reference or for " \
+                 "thick slices with a reference"
     return Decision("none", reason, {"steps": 0})
 
 
