@@ -217,6 +217,12 @@ def test_fine_in_plane_thick_slices_to_coarser_in_plane_finer_through_plane(tmp_
     np.testing.assert_allclose(nib.affines.voxel_sizes(out.affine), [0.94, 0.94, 1.0], rtol=1e-5)
     side = json.loads((tmp_path / "sr.json").read_text())
     assert side["input_reduced"]["axes"] == [0, 1]
+    # A thick-slice job with a reference adapts by default, judged on held-out planes.
+    from mrisr.training.adapt import THICK_ADAPT_STEPS
+    adaptation = side["decisions"]["adaptation"]
+    assert adaptation["choice"] in ("adapted", "unadapted") and "thick slices" in \
+        adaptation["reason"]
+    assert adaptation["evidence"]["steps_requested"] == THICK_ADAPT_STEPS
     mask = truth.brain_mask
     cubic = upscale(Volume(thick, thick_affine), shape=(48, 48, 30), model="cubic").data
     default = psnr(out.get_fdata()[mask], truth.t2w[mask], data_range=1.0)
