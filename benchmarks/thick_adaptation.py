@@ -7,7 +7,9 @@ and ``--adapt 150``, on whole volumes of a thick-slice config; with each adapted
     OMP_NUM_THREADS=1 python benchmarks/thick_adaptation.py configs/cross/thick_head.yaml \
         -o results/thick_adaptation/head [--scales 1,1,3:1,1,5] [--dataset-kind phantom]
 
-``--dataset-kind phantom`` replaces the config's dataset by the embedded phantom at 1 mm
+Any whole-volume config runs the same way (an in-plane one, e.g. ``configs/cross/
+icbm152_volume.yaml``, measures in-plane adaptation: docs/benchmarks/cross_dataset.md, same
+section). ``--dataset-kind phantom`` replaces the config's dataset by the embedded phantom at 1 mm
 (128x128x64); ``--manifest FILE`` by a manifest's test subjects (e.g. the ICBM152 template,
 ``configs/data/icbm152.yaml``). The report goes to ``-o`` (``table.md``, ``cases.csv``) with
 ``adaptation.csv``: one row per adapted case and method, in the order of ``cases.csv``.
