@@ -66,9 +66,8 @@ def main(argv=None) -> int:
             for entry in getattr(method, "adapt_log", []):
                 before = entry.get("held_out_loss_unadapted")
                 after = entry.get("held_out_loss_used")
-                fall = 1 - after / before if before and after is not None else ""
-                writer.writerow([label, *(entry.get(k) for k in keys),
-                                 f"{fall:.4f}" if fall != "" else ""])
+                fall = f"{1 - after / before:.4f}" if before and after is not None else ""
+                writer.writerow([label, *(entry.get(k) for k in keys), fall])
     print(paths["table"].read_text())
     print((out / "adaptation.csv").read_text())
     return 0

@@ -462,14 +462,12 @@ class SeriesMethod:
         ``tensor_consistency``."""
         from mrisr.inference.anisotropy import (cubic_base, remove_anisotropic_detail,
                                                 usable_shells)
-        from mrisr.inference.decisions import decide_tensor_consistency
+        from mrisr.inference.decisions import decide_series_tensor_consistency
 
         indices = np.asarray(indices, dtype=int)
-        tables = bvals is not None and bvecs is not None
-        shells = usable_shells(bvals, bvecs)[1] if tables else []
-        decision = decide_tensor_consistency(self.tensor_consistency, not self.interpolation,
-                                             True, tables, shells)
-        if decision.choice == "none":
+        decision, weight = decide_series_tensor_consistency(
+            self.tensor_consistency, not self.interpolation, bvals, bvecs, "the series")
+        if not weight:
             out, info = self._upscale(lr, t1, bvals, out_shape, out_affine, indices)
             return out, {**info, "tensor_consistency": decision.as_dict()}
         # Every shell that holds a scored volume is upscaled whole, as mrisr upscale does.
@@ -482,7 +480,7 @@ class SeriesMethod:
         bases = np.stack([cubic_base(lr.data[..., v], out_shape)
                           for v in work])
         decision.evidence.update(remove_anisotropic_detail(
-            series, bases, bvals[work], bvecs[:, work], float(decision.choice)))
+            series, bases, bvals[work], bvecs[:, work], weight))
         keep = [int(np.flatnonzero(work == v)[0]) for v in indices]
         return out[..., keep], {**info, "tensor_consistency": decision.as_dict()}
 

@@ -35,7 +35,8 @@ __all__ = ["Decision", "Decisions", "SWITCH_MODES", "REGISTER_MODES", "switch_mo
            "adaptation_outcome", "calibrate_applies", "reference_check_applies",
            "SYNTHETIC_REFERENCES_REASON",
            "decide_calibration",
-           "consistency_decision", "tensor_consistency_weight", "decide_tensor_consistency"]
+           "consistency_decision", "tensor_consistency_weight", "decide_tensor_consistency",
+           "decide_series_tensor_consistency"]
 
 #: The values of an ``auto``/``on``/``off`` option (``register``, ``calibrate``).
 SWITCH_MODES = ("auto", "on", "off")
@@ -373,3 +374,20 @@ def decide_tensor_consistency(requested, learned_model: bool, series: bool,
         asked += f": {AUTO_WEIGHT:g} of the anisotropic part of the detail, which kept the " \
                  "PSNR gain and lowered the FA error on held-out series"
     return Decision(f"{weight:g}", asked, evidence)
+
+
+def decide_series_tensor_consistency(requested, learned_model: bool, bvals, bvecs,
+                                     name) -> tuple[Decision, float]:
+    """:func:`decide_tensor_consistency` for a 4D series from its b-values ``(N,)`` and
+    b-vectors ``(3, N)`` (each ``None`` when absent), and the weight it applies (0: none). A
+    weight asked for on a learned model's series without both tables raises
+    :class:`InputError` naming ``name`` (the series' file), before any work."""
+    from mrisr.inference.anisotropy import usable_shells
+
+    tables = bvals is not None and bvecs is not None
+    if learned_model and not tables and tensor_consistency_weight(requested):
+        raise InputError(f"{name}: tensor consistency needs the series' .bval and .bvec "
+                         "beside it")
+    shells = usable_shells(bvals, bvecs)[1] if tables else []
+    decision = decide_tensor_consistency(requested, learned_model, True, tables, shells)
+    return decision, 0.0 if decision.choice == "none" else float(decision.choice)

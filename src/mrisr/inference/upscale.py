@@ -50,13 +50,14 @@ from mrisr.degradation import spline_resize
 from mrisr.errors import InputError, MrisrWarning
 from mrisr.grid import (ScaleLike, as_scales, resample_affine, shape_for_voxel_size,
                         upscaled_shape, voxel_sizes)
-from mrisr.inference.anisotropy import cubic_base, remove_anisotropic_detail, usable_shells
+from mrisr.inference.anisotropy import cubic_base, remove_anisotropic_detail
 from mrisr.inference.coarsen import reduce_to_output
 from mrisr.inference.decisions import (SYNTHETIC_REFERENCES_REASON, Decision, Decisions,
                                        adaptation_outcome,
                                        calibrate_applies, consistency_decision,
                                        decide_adaptation, decide_calibration, decide_model,
-                                       decide_tensor_consistency, tensor_consistency_weight,
+                                       decide_series_tensor_consistency,
+                                       tensor_consistency_weight,
                                        is_thick_slice, reference_check_applies,
                                        register_flag_3d, register_mode, register_reference,
                                        switch_mode)
@@ -495,23 +496,6 @@ def consistency_not_applied(model: str) -> dict:
     return {"requested": model, "model": "none", "reason": "not applied to 3D models"}
 
 
-def _decide_tensor_consistency(requested, model, target_path, series: bool, bvals, bvecs
-                               ) -> tuple[Optional[Decision], float]:
-    """:func:`decide_tensor_consistency` for this file (``None`` for a 3D volume, where it
-    never applies), and the weight it applies (0: none). A weight asked for on a series
-    without its b-tables is refused here, before any work."""
-    if not series:
-        return None, 0.0
-    tables = bvals is not None and bvecs is not None
-    learned = not isinstance(model, VolumeInterpolation)
-    if learned and not tables and tensor_consistency_weight(requested):
-        raise InputError(f"{target_path}: tensor consistency needs the series' .bval and .bvec "
-                         "beside it")
-    shells = usable_shells(bvals, bvecs)[1] if tables else []
-    decision = decide_tensor_consistency(requested, learned, series, tables, shells)
-    return decision, 0.0 if decision.choice == "none" else float(decision.choice)
-
-
 def sidecar_path(out_path: Path) -> Path:
     """The JSON sidecar of an output: its name with ``.json`` for the NIfTI extension."""
     from mrisr.io.nifti import companion_path
@@ -606,8 +590,11 @@ def _upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
                           Decision(str(model_pack[1].get("model")), "given (a loaded model)"))
     options.setdefault("adapt", "auto")
     check_adaptable(model_pack[0], options["adapt"])
-    decisions.tensor_consistency, anisotropy_weight = _decide_tensor_consistency(
-        tensor_consistency, model_pack[0], target_path, series, bvals, bvecs)
+    # A 3D volume has no tensor-consistency decision; a series is refused here, before any
+    # work, when a weight is asked for without its b-tables.
+    decisions.tensor_consistency, anisotropy_weight = decide_series_tensor_consistency(
+        tensor_consistency, not isinstance(model_pack[0], VolumeInterpolation), bvals, bvecs,
+        target_path) if series else (None, 0.0)
     check_resources(out, out_shape, n_vol, memmap, 2 * n_vol if anisotropy_weight else 0)
     if "note" in model_pack[1]:
         warnings.warn(MrisrWarning(f"{target_path}: {model_pack[1]['note']}"), stacklevel=3)
