@@ -43,8 +43,8 @@ THICK_VOLUME_SETS = ("thick_ixi", "thick_head")
 #: Whole volumes degraded in-plane by a degradation no 2D model trained on: Gaussian
 #: anti-aliasing and cubic B-spline downsampling (configs/cross/*_volume_bicubic.yaml).
 BICUBIC_VOLUME_SETS = ("brats_volume_bicubic", "spine_volume_bicubic")
-DEFAULT_ROW = ("mrisr upscale default (dualarbnet_robust, registration, adaptation and "
-               "calibration auto)")
+DEFAULT_ROW = ("mrisr upscale default (dualarbnet_robust, registration, adaptation, "
+               "calibration and reference transfer auto)")
 FORCED_CHECK_ROW = ("dualarbnet_robust, registration, adaptation and reference check auto (the "
                     "check forced)")
 BEFORE_ROW = ("dualarbnet_s, registration, adaptation and reference check auto (the default "
@@ -110,7 +110,7 @@ def _default_decisions(model: str, label: str) -> dict:
     """A method row that runs ``model`` with the decisions `mrisr upscale` takes by default."""
     return {"name": "model", "label": label,
             "args": {"model": model, "consistency": "auto", "register": "auto",
-                     "adapt": "auto", "calibrate": "auto"}}
+                     "adapt": "auto", "calibrate": "auto", "reference_transfer": "auto"}}
 
 
 def run(group: str, sets: list[str], threads: int, model: str = None,

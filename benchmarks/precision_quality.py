@@ -26,7 +26,8 @@ SETS = ("brats_volume", "ixi_volume", "head_volume", "phantom_volume", "icbm152_
 #: Rows that run a network and that a default of mrisr upscale uses (2D models).
 ROWS = ("LIIF robust (liif_robust) + projection + gain (default without reference)",
         "Dual-ArbNet (dualarbnet_s) + projection, headers",
-        "mrisr upscale default (dualarbnet_robust, registration, adaptation and calibration auto)",
+        "mrisr upscale default (dualarbnet_robust, registration, adaptation, calibration and "
+        "reference transfer auto)",
         "LIIF robust + projection", "Dual-ArbNet robust + projection")
 
 

@@ -317,7 +317,7 @@ def test_default_registration_corrects_only_a_header_shown_to_be_off(misplaced_r
     assert reg["mi_gain"] > EVIDENCE_RATIO * reg["mi_drop_at_tolerance"] > 0
     decisions = json.loads((folder / "auto.json").read_text())["decisions"]
     assert set(decisions) == {"model", "registration", "adaptation", "calibration",
-                              "consistency"}
+                              "consistency", "reference_transfer"}
     assert all(d["choice"] and d["reason"] for d in decisions.values())
     decided = decisions["registration"]
     assert decided["choice"] == "corrected" and decided["evidence"]["applied"]

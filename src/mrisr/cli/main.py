@@ -341,12 +341,12 @@ def _add_switch(parser: argparse.ArgumentParser, name: str, help: str, off_help:
                       help=off_help)
 
 
-def _tensor_consistency(text: str):
+def _weight_option(text: str):
     from mrisr.errors import InputError
-    from mrisr.inference.decisions import tensor_consistency_weight
+    from mrisr.inference.decisions import weight_option
 
     try:
-        tensor_consistency_weight(text)
+        weight_option(text, "the option")
     except InputError:
         raise argparse.ArgumentTypeError(f"expected auto, on, off or a weight in [0, 1], "
                                          f"got '{text}'") from None
@@ -433,8 +433,8 @@ def cmd_upscale(args: argparse.Namespace) -> int:
             on_written=lambda job: bar.write(f"wrote {job.output}"),
             memmap=args.memmap, device=args.device, plane=args.plane, tile=args.tile,
             precision=args.precision, register=args.register, consistency=args.consistency,
-            calibrate=args.calibrate, tensor_consistency=args.tensor_consistency, qc=args.qc,
-            **size)
+            calibrate=args.calibrate, tensor_consistency=args.tensor_consistency,
+            reference_transfer=args.reference_transfer, qc=args.qc, **size)
     finally:
         bar.close()
     if summary.report is not None:
@@ -658,7 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "in-plane, slice profile along a thick axis) gives the input back; auto: "
                         "box slice profile along an axis upscaled >= 2x and >= 1.5x more than "
                         "the others, k-space crop otherwise (2D models; default auto)")
-    p.add_argument("--tensor-consistency", type=_tensor_consistency, default="auto",
+    p.add_argument("--tensor-consistency", type=_weight_option, default="auto",
                    metavar="W",
                    help="diffusion series upscaled by a model (with its .bval/.bvec): take the "
                         "weight W in [0, 1] of the part of the model's detail that a tensor fit "
@@ -666,6 +666,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "does not drift from cubic interpolation's (on: 1, off: 0; auto, the "
                         "default: 0.5, which kept the PSNR gain and lowered the FA error on "
                         "held-out series)")
+    p.add_argument("--reference-transfer", type=_weight_option, default="auto", metavar="W",
+                   help="2D models with --ref, in-plane jobs: move the output the weight W in "
+                        "[0, 1] towards the reference's own detail where a local linear fit "
+                        "of the input on the reference (on the band the input measured) holds, "
+                        "voxel by voxel by the fit's R^2, then project again (on: 1, off: 0; "
+                        "auto, the default: 0.6, above the model alone on every test set)")
     _add_switch(p, "calibrate",
                 help="scale the detail the model adds (2D models with the k-space "
                      "projection: beyond the measured band; 3D models: its correction to cubic "

@@ -44,7 +44,10 @@ class ModelMethod(SRMethod):
     arithmetic, ``auto`` (as ``mrisr upscale``), ``fp32`` or ``bf16`` (:mod:`mrisr.precision`).
     synthetic_references: whether the model counts as trained with synthetic references, which
     turns the reference check off (:func:`mrisr.inference.decisions.reference_check_applies`);
-    ``None``: as its training config says.
+    ``None``: as its training config says. reference_transfer: with a reference, move the output
+    towards the reference's locally fitted detail as ``mrisr upscale --reference-transfer``
+    does (``off``, the default, ``auto``, ``on`` or a weight;
+    :mod:`mrisr.inference.reference_transfer`); 2D cases after the projection, as one slice.
     2D cases run through :func:`~mrisr.inference.predict.predict_slice`; 3D cases (``mode:
     volume``) through :func:`mrisr.inference.upscale.upscale`, exactly as ``mrisr upscale``
     runs a NIfTI volume.
@@ -54,7 +57,7 @@ class ModelMethod(SRMethod):
                  input_kind: Optional[str] = None, threads: Optional[int] = None,
                  adapt: Union[int, str] = 0, consistency: str = "none", register="off",
                  calibrate="off", precision: str = "auto",
-                 synthetic_references: Optional[bool] = None):
+                 synthetic_references: Optional[bool] = None, reference_transfer="off"):
         if threads:
             torch.set_num_threads(threads)
         self.device = select_device(device)
@@ -72,6 +75,9 @@ class ModelMethod(SRMethod):
         from mrisr.inference.decisions import register_mode
         self.register = register_mode(register)
         self.calibrate = calibrate
+        from mrisr.inference.decisions import reference_transfer_weight
+        reference_transfer_weight(reference_transfer)
+        self.reference_transfer = reference_transfer
         self.active = self.model
         self.adapt_log: list[dict] = []
 
@@ -100,7 +106,27 @@ class ModelMethod(SRMethod):
         if self.consistency != "none":
             from mrisr.degradation.consistency import project
             out = project(out, np.abs(case.lr).astype(np.float32), self.consistency)
+        if self.uses_reference and case.reference is not None:
+            out = self._transfer_slice(case, out)
         return out
+
+    def _transfer_slice(self, case: SRCase, out: np.ndarray) -> np.ndarray:
+        from mrisr.degradation.consistency import resolve
+        from mrisr.inference.decisions import decide_reference_transfer
+        from mrisr.inference.reference_transfer import transfer_reference_detail
+
+        model = resolve(self.consistency, out.shape, case.lr.shape)["model"] \
+            if self.consistency != "none" else "none"
+        decision = decide_reference_transfer(
+            self.reference_transfer, True, model,
+            max(o / n for o, n in zip(out.shape, case.lr.shape)))
+        if decision.choice == "none":
+            return out
+        volume = np.ascontiguousarray(out, dtype=np.float32)[..., None]
+        transfer_reference_detail(volume, np.abs(case.lr).astype(np.float32)[..., None],
+                                  np.abs(case.reference).astype(np.float32)[..., None], 2,
+                                  float(decision.choice), model)
+        return volume[..., 0]
 
     def _volume(self, case: SRCase) -> np.ndarray:
         from mrisr.grid import resample_affine
@@ -118,7 +144,7 @@ class ModelMethod(SRMethod):
                          loaded_model=(self.model, desc), device=str(self.device),
                          consistency=self.consistency, adapt=self.adapt,
                          register=self.register, calibrate=self.calibrate,
-                         precision=self.precision)
+                         precision=self.precision, reference_transfer=self.reference_transfer)
         if "adapt" in result.info:
             self.adapt_log.append(result.info["adapt"])
         return result.data

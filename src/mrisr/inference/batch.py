@@ -319,7 +319,7 @@ class UpscaleBatch:
             / after each job; on_error: with each job that fails (the batch goes on).
             options: ``scale`` / ``voxel_size`` / ``shape``, ``device``, ``plane``, ``tile``,
             ``precision``, ``register``, ``consistency``, ``calibrate``,
-            ``tensor_consistency``, ``memmap``, ``qc`` (a QC
+            ``tensor_consistency``, ``reference_transfer``, ``memmap``, ``qc`` (a QC
             picture per output and, for a batch, the page :attr:`report_path`).
         Returns the :class:`BatchSummary`, including the jobs that failed their checks.
         """

@@ -12,6 +12,9 @@ One :class:`Decisions` record per output, written to the sidecar as its ``decisi
   pairs, :mod:`mrisr.training.adapt`);
 * ``calibration``: whether the detail gain is fitted (:func:`decide_calibration`) and the gain;
 * ``consistency``: the data-consistency projection applied (:func:`consistency_decision`);
+* ``reference_transfer``: how far a 2D job with a reference moves towards the reference's
+  detail where a local linear fit says it matches (:func:`decide_reference_transfer`,
+  :mod:`mrisr.inference.reference_transfer`);
 * ``tensor_consistency``: how much of the anisotropic part of a model's detail is taken out of
   a diffusion series (:func:`decide_tensor_consistency`, :mod:`mrisr.inference.anisotropy`).
 
@@ -35,8 +38,10 @@ __all__ = ["Decision", "Decisions", "SWITCH_MODES", "REGISTER_MODES", "switch_mo
            "adaptation_outcome", "calibrate_applies", "reference_check_applies",
            "SYNTHETIC_REFERENCES_REASON",
            "decide_calibration",
-           "consistency_decision", "tensor_consistency_weight", "decide_tensor_consistency",
-           "decide_series_tensor_consistency"]
+           "consistency_decision", "weight_option", "tensor_consistency_weight",
+           "decide_tensor_consistency", "decide_series_tensor_consistency",
+           "reference_transfer_weight", "decide_reference_transfer",
+           "reference_transfer_outcome"]
 
 #: The values of an ``auto``/``on``/``off`` option (``register``, ``calibrate``).
 SWITCH_MODES = ("auto", "on", "off")
@@ -79,6 +84,7 @@ class Decisions:
     adaptation: Optional[Decision] = None
     calibration: Optional[Decision] = None
     consistency: Optional[Decision] = None
+    reference_transfer: Optional[Decision] = None
     tensor_consistency: Optional[Decision] = None
 
     def as_dict(self) -> dict:
@@ -328,10 +334,10 @@ def consistency_decision(report: dict) -> Decision:
 
 
 # -- tensor consistency -------------------------------------------------------------------------
-def tensor_consistency_weight(value) -> Optional[float]:
-    """``tensor_consistency`` of :func:`~mrisr.inference.upscale.upscale_file` as a weight in
-    ``[0, 1]``, or ``None`` for ``auto``: ``"off"``/``False`` -> 0, ``"on"``/``True`` -> 1, a
-    number (or its text) as it is."""
+def weight_option(value, name: str) -> Optional[float]:
+    """An ``auto``/``on``/``off``/weight option as a weight in ``[0, 1]``, or ``None`` for
+    ``auto``: ``"off"``/``False`` -> 0, ``"on"``/``True`` -> 1, a number (or its text) as it
+    is; ``name`` is the option's name in the error."""
     if value is None or value == "auto":
         return None
     if isinstance(value, bool) or value in ("on", "off"):
@@ -341,9 +347,14 @@ def tensor_consistency_weight(value) -> Optional[float]:
     except (TypeError, ValueError):
         weight = float("nan")
     if not 0.0 <= weight <= 1.0:
-        raise InputError(f"tensor_consistency must be auto, on, off or a weight in [0, 1], "
-                         f"got {value!r}")
+        raise InputError(f"{name} must be auto, on, off or a weight in [0, 1], got {value!r}")
     return weight
+
+
+def tensor_consistency_weight(value) -> Optional[float]:
+    """``tensor_consistency`` of :func:`~mrisr.inference.upscale.upscale_file` as a weight
+    (:func:`weight_option`)."""
+    return weight_option(value, "tensor_consistency")
 
 
 def decide_tensor_consistency(requested, learned_model: bool, series: bool,
@@ -391,3 +402,49 @@ def decide_series_tensor_consistency(requested, learned_model: bool, bvals, bvec
     shells = usable_shells(bvals, bvecs)[1] if tables else []
     decision = decide_tensor_consistency(requested, learned_model, True, tables, shells)
     return decision, 0.0 if decision.choice == "none" else float(decision.choice)
+
+
+# -- reference transfer -------------------------------------------------------------------------
+def reference_transfer_weight(value) -> Optional[float]:
+    """``reference_transfer`` of :func:`~mrisr.inference.upscale.upscale` as a weight
+    (:func:`weight_option`)."""
+    return weight_option(value, "reference_transfer")
+
+
+def decide_reference_transfer(requested, two_d_with_reference: bool,
+                              consistency_model: str, factor: float) -> Decision:
+    """How far a job moves towards the reference's locally fitted detail
+    (:mod:`mrisr.inference.reference_transfer`): ``choice`` is the weight as text (``"0.6"``)
+    or ``"none"``. It needs a 2D model run with a reference and the ``kspace`` projection (an
+    in-plane job) or the ``slice_box`` one (thick slices): the fit is made on what the input
+    measured. ``auto`` (the
+    default) uses :func:`~mrisr.inference.reference_transfer.auto_weight` of the in-plane
+    ``factor`` (0.4 at x2 to 0.8 at x8), measured on the whole-volume cross-dataset sets,
+    other contrast pairs, anatomy and a degradation no model trained on included
+    (docs/benchmarks/cross_dataset.md, "Detail from the reference by a local linear fit")."""
+    from mrisr.inference.reference_transfer import auto_weight
+
+    weight = reference_transfer_weight(requested)
+    asked = "auto" if weight is None else f"--reference-transfer {weight:g}"
+    if weight == 0.0:
+        return Decision("none", asked)
+    missing = ("no reference (or a model that reads none)" if not two_d_with_reference else
+               "needs the k-space or box slice-profile projection, not "
+               f"'{consistency_model}'" if consistency_model not in ("kspace", "slice_box")
+               else None)
+    if missing:
+        return Decision("none", f"{asked}: {missing}")
+    if weight is None:
+        weight = auto_weight(factor)
+        asked += f": {weight:g} of the way to the reference's detail at x{factor:g} where a " \
+                 "local linear fit on the measured band holds"
+    return Decision(f"{weight:g}", asked)
+
+
+def reference_transfer_outcome(asked: Decision, entry: dict) -> Decision:
+    """The decision after the transfer ran, with its evidence (``entry``:
+    :func:`~mrisr.inference.reference_transfer.transfer_reference_detail`'s), or ``none``
+    with its reason where nothing could be done."""
+    if "reason" in entry:
+        return Decision("none", f"{asked.reason}; {entry['reason']}")
+    return Decision(asked.choice, asked.reason, dict(entry))

@@ -56,12 +56,15 @@ from mrisr.inference.decisions import (SYNTHETIC_REFERENCES_REASON, Decision, De
                                        adaptation_outcome,
                                        calibrate_applies, consistency_decision,
                                        decide_adaptation, decide_calibration, decide_model,
+                                       decide_reference_transfer, reference_transfer_outcome,
+                                       reference_transfer_weight,
                                        decide_series_tensor_consistency,
                                        tensor_consistency_weight,
                                        is_thick_slice, reference_check_applies,
                                        register_flag_3d, register_mode, register_reference,
                                        switch_mode)
 from mrisr.inference.predict import predict_slices
+from mrisr.inference.reference_transfer import transfer_reference_detail
 from mrisr.inference.result import QC_SUFFIX, UpscaleResult, grid_info, written_companions
 from mrisr.inference.selection import (DEFAULT_DMRI_MODEL, DEFAULT_DMRI_MODEL_NO_T1,
                                        INTERPOLATION_MODELS, REFERENCE_CHECK_MODEL,
@@ -295,7 +298,8 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
             precision: str = "auto", out: Optional[np.ndarray] = None,
             progress: Optional[Callable[[int], None]] = None,
             loaded_model=None, consistency: str = DEFAULT_CONSISTENCY,
-            adapt="auto", register=None, calibrate="auto") -> UpscaleResult:
+            adapt="auto", register=None, calibrate="auto",
+            reference_transfer="auto") -> UpscaleResult:
     """Super-resolve a 3D :class:`Volume` (see the module docstring for the conventions).
 
     ``precision``: ``auto``, ``fp32`` or ``bf16``, the arithmetic of the network
@@ -330,13 +334,20 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
     the headers are kept). 3D models: a bool, ``None`` as the model was trained. Recorded in
     ``info["reference"]["registration"]``.
 
-    Every decision taken (model, registration, adaptation, calibration, projection) is recorded
-    with its evidence in ``info["decisions"]`` (:mod:`mrisr.inference.decisions`).
+    ``reference_transfer``: move a 2D model's in-plane output towards the reference's detail
+    where a local linear fit on the measured band says the two contrasts match
+    (:mod:`mrisr.inference.reference_transfer`), then project again: ``auto`` (the default:
+    :func:`~mrisr.inference.decisions.decide_reference_transfer`), ``on``, ``off`` or a weight
+    in [0, 1]; recorded in ``info["reference_transfer"]``.
+
+    Every decision taken (model, registration, adaptation, calibration, projection, reference
+    transfer) is recorded with its evidence in ``info["decisions"]`` (:mod:`mrisr.inference.decisions`).
     """
     from mrisr.devices import select_device
     from mrisr.resample import resample_to_grid
 
     check_consistency(consistency)
+    reference_transfer_weight(reference_transfer)
     if target.data.ndim != 3:
         raise InputError(f"{target.path}: upscale() takes a 3D volume; use upscale_file for 4D")
     out_shape, out_affine = output_grid(target.spatial_shape, target.affine, scale, voxel_size,
@@ -451,6 +462,15 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
             else "auto: the reference check needs the in-plane k-space projection"
     decisions.calibration = decide_calibration(calibrate, ref_grid is None,
                                                info.get("detail_gain"), skipped)
+    decisions.reference_transfer = decide_reference_transfer(
+        reference_transfer, ref_grid is not None, info["consistency"].get("model"),
+        max(o / n for o, n in zip(out_shape, target.spatial_shape)))
+    if decisions.reference_transfer.choice != "none":
+        info["reference_transfer"] = transfer_reference_detail(
+            data, target.data, ref_grid, axis, float(decisions.reference_transfer.choice),
+            info["consistency"]["model"])
+        decisions.reference_transfer = reference_transfer_outcome(
+            decisions.reference_transfer, info["reference_transfer"])
     info["decisions"] = decisions.as_dict()
     info["seconds"] = round(time.perf_counter() - t0, 3)
     return UpscaleResult(data=data, affine=out_affine, info=info, adapted_model=adapted)
@@ -560,6 +580,7 @@ def _upscale_file(target_path: str | os.PathLike, out_path: str | os.PathLike,
         raise InputError(f"{out}: output must end in .nii or .nii.gz")
     check_output_path(out, overwrite=overwrite, inputs=(target_path, reference_path))
     check_consistency(options.get("consistency", DEFAULT_CONSISTENCY))
+    reference_transfer_weight(options.get("reference_transfer", "auto"))
     tensor_consistency_weight(tensor_consistency)
     target = load_nifti(target_path, ndim=(3, 4))
     reference = load_nifti(reference_path) if reference_path is not None else None
