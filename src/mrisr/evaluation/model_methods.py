@@ -115,8 +115,7 @@ class ModelMethod(SRMethod):
         from mrisr.inference.decisions import decide_reference_transfer
         from mrisr.inference.reference_transfer import transfer_reference_detail
 
-        model = resolve(self.consistency, out.shape, case.lr.shape)["model"] \
-            if self.consistency != "none" else "none"
+        model = resolve(self.consistency, out.shape, case.lr.shape)["model"]
         decision = decide_reference_transfer(
             self.reference_transfer, True, model,
             max(o / n for o, n in zip(out.shape, case.lr.shape)))

@@ -19,7 +19,7 @@ Measured on whole volumes as ``mrisr upscale`` runs them (docs/benchmarks/cross_
 "Detail from the reference by a local linear fit"), with :func:`auto_weight`.
 
 Shapes: ``data`` ``(X, Y, Z)`` on the output grid, ``target`` the input volume with the same
-slices along ``slice_axis`` and fewer pixels in-plane, ``reference`` on any in-plane grid with
+slices along ``slice_axis`` and fewer pixels along the upscaled axes, ``reference`` on any in-plane grid with
 the input's slices (:func:`~mrisr.inference.upscale.reference_grid`); intensities in the
 input's units.
 """

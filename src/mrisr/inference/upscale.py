@@ -334,8 +334,9 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
     the headers are kept). 3D models: a bool, ``None`` as the model was trained. Recorded in
     ``info["reference"]["registration"]``.
 
-    ``reference_transfer``: move a 2D model's in-plane output towards the reference's detail
-    where a local linear fit on the measured band says the two contrasts match
+    ``reference_transfer``: move a 2D model's output (in-plane or thick-slice jobs) towards the
+    reference's detail where a local linear fit on what the input measured says the two
+    contrasts match
     (:mod:`mrisr.inference.reference_transfer`), then project again: ``auto`` (the default:
     :func:`~mrisr.inference.decisions.decide_reference_transfer`), ``on``, ``off`` or a weight
     in [0, 1]; recorded in ``info["reference_transfer"]``.
