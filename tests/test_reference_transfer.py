@@ -9,8 +9,8 @@ from mrisr.degradation.kspace import kspace_resize
 from mrisr.errors import InputError
 from mrisr.inference.decisions import (decide_reference_transfer, reference_transfer_outcome,
                                        reference_transfer_weight)
-from mrisr.inference.reference_transfer import (auto_weight, local_linear_fit,
-                                                transfer_reference_detail)
+from mrisr.inference.reference_transfer import (THICK_SLICE_WEIGHT, auto_weight,
+                                                local_linear_fit, transfer_reference_detail)
 
 
 def _zero_filled(volume, in_plane_shape):
@@ -131,13 +131,18 @@ def test_auto_weight_grows_with_the_factor():
     assert 0.4 < auto_weight(3.0) < 0.6
 
 
+def test_auto_weight_is_fixed_for_thick_slices():
+    assert {auto_weight(f, "slice_box") for f in (2.0, 3.0, 5.0, 8.0)} == {THICK_SLICE_WEIGHT}
+    assert THICK_SLICE_WEIGHT < auto_weight(3.0)
+
+
 @pytest.mark.parametrize("requested, with_reference, model, choice", [
     ("auto", True, "kspace", "0.4"),
     ("on", True, "kspace", "1"),
     ("0.3", True, "kspace", "0.3"),
     ("off", True, "kspace", "none"),
     ("auto", False, "kspace", "none"),
-    ("auto", True, "slice_box", "0.4"),
+    ("auto", True, "slice_box", "0.3"),
     ("auto", True, "slice_gaussian", "none"),
     ("on", True, "none", "none"),
 ])

@@ -667,11 +667,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "default: 0.5, which kept the PSNR gain and lowered the FA error on "
                         "held-out series)")
     p.add_argument("--reference-transfer", type=_weight_option, default="auto", metavar="W",
-                   help="2D models with --ref, in-plane jobs: move the output the weight W in "
-                        "[0, 1] towards the reference's own detail where a local linear fit "
-                        "of the input on the reference (on the band the input measured) holds, "
-                        "voxel by voxel by the fit's R^2, then project again (on: 1, off: 0; "
-                        "auto, the default: 0.6, above the model alone on every test set)")
+                   help="2D models with --ref (in-plane or thick-slice jobs): move the output "
+                        "the weight W in [0, 1] towards the reference's own detail where a "
+                        "local linear fit of the input on the reference (on the band the input "
+                        "measured) holds, voxel by voxel by the fit's R^2, then project again "
+                        "(on: 1, off: 0; auto, the default: 0.4 at x2, 0.6 at x4, 0.8 at x8 "
+                        "in-plane, 0.3 for thick slices)")
     _add_switch(p, "calibrate",
                 help="scale the detail the model adds (2D models with the k-space "
                      "projection: beyond the measured band; 3D models: its correction to cubic "

@@ -418,8 +418,9 @@ def decide_reference_transfer(requested, two_d_with_reference: bool,
     or ``"none"``. It needs a 2D model run with a reference and the ``kspace`` projection (an
     in-plane job) or the ``slice_box`` one (thick slices): the fit is made on what the input
     measured. ``auto`` (the
-    default) uses :func:`~mrisr.inference.reference_transfer.auto_weight` of the in-plane
-    ``factor`` (0.4 at x2 to 0.8 at x8), measured on the whole-volume cross-dataset sets,
+    default) uses :func:`~mrisr.inference.reference_transfer.auto_weight`: for an in-plane
+    job it grows with the ``factor`` (0.4 at x2 to 0.8 at x8), for thick slices it is 0.3;
+    measured on the whole-volume cross-dataset sets,
     other contrast pairs, anatomy and a degradation no model trained on included
     (docs/benchmarks/cross_dataset.md, "Detail from the reference by a local linear fit")."""
     from mrisr.inference.reference_transfer import auto_weight
@@ -435,7 +436,7 @@ def decide_reference_transfer(requested, two_d_with_reference: bool,
     if missing:
         return Decision("none", f"{asked}: {missing}")
     if weight is None:
-        weight = auto_weight(factor)
+        weight = auto_weight(factor, consistency_model)
         asked += f": {weight:g} of the way to the reference's detail at x{factor:g} where a " \
                  "local linear fit on the measured band holds"
     return Decision(f"{weight:g}", asked)
