@@ -36,8 +36,12 @@ from mrisr.degradation.consistency import project
 from mrisr.degradation.image import slice_profile_weights
 from mrisr.degradation.kspace import kspace_resize
 
-__all__ = ["auto_weight", "THICK_SLICE_WEIGHT", "WINDOW_INPUT_PIXELS", "REGULARISATION", "local_linear_fit",
-           "transfer_reference_detail"]
+__all__ = ["auto_weight", "THICK_SLICE_WEIGHT", "WINDOW_INPUT_PIXELS", "REGULARISATION",
+           "local_linear_fit", "transfer_reference_detail"]
+
+#: ``auto``'s weight for thick slices (3 to 5 mm to 1 mm: the best weight was 0.3 on brats18,
+#: 0.2-0.3 on ixi002 and 0.6 on the whole head; 0.3 was above the model alone on all three).
+THICK_SLICE_WEIGHT = 0.3
 
 
 def auto_weight(factor: float, consistency: str = "kspace") -> float:
@@ -48,17 +52,14 @@ def auto_weight(factor: float, consistency: str = "kspace") -> float:
     reference's prediction is worth, and on the whole-volume test sets the best weight rose
     with the factor on every set. For thick slices (``slice_box``) it is
     :data:`THICK_SLICE_WEIGHT` at every thickness: there the model sees every in-plane detail
-    and its output is already close, and weights above 0.4 cost on the brats and ixi002 thick
-    slices (docs/benchmarks/cross_dataset.md, "Detail from the reference by a local linear
-    fit")."""
+    and its output is already close; weights of 0.4 or more fell below the model alone on
+    ixi002's 5 mm slices, 0.66 on brats' (docs/benchmarks/cross_dataset.md, "Detail from the
+    reference by a local linear fit")."""
     if consistency == "slice_box":
         return THICK_SLICE_WEIGHT
     return round(float(np.clip(0.2 + 0.2 * np.log2(max(factor, 1.0)), 0.2, 0.8)), 3)
 
 
-#: ``auto``'s weight for thick slices (3 to 5 mm to 1 mm: the best weight was 0.3 on brats18,
-#: 0.2-0.3 on ixi002 and 0.6 on the whole head; 0.3 was above the model alone on all three).
-THICK_SLICE_WEIGHT = 0.3
 #: The window's side in input pixels: twice the in-plane factor in output pixels (made odd).
 WINDOW_INPUT_PIXELS = 2.0
 #: The window's side along the axis of a thick-slice plane that is not upscaled.
@@ -127,9 +128,10 @@ def transfer_reference_detail(data: np.ndarray, target: np.ndarray, reference: n
     slice along ``slice_axis`` (see the module docstring), and project each slice onto the
     input under ``consistency``: ``kspace`` (an in-plane job) or ``slice_box`` (thick slices
     along one of the slice's axes, the other not upscaled). ``weight`` in [0, 1] (``None``:
-    :func:`auto_weight` of the largest factor and ``consistency``); ``progress(n)`` is called per slice. Only the
-    band the reference holds moves: a reference coarser than the output predicts nothing
-    beyond its own resolution, and one no finer than the input changes nothing.
+    :func:`auto_weight` of the largest factor and ``consistency``); ``progress(n)`` is called
+    per slice. Only the band the reference holds moves: a reference coarser than the output
+    predicts nothing beyond its own resolution, and one no finer than the input changes
+    nothing.
     Returns the sidecar's evidence: ``weight``, ``window`` (output pixels per axis of the
     slice), ``mean_confidence`` (the mean of ``c`` over the voxels with signal) and
     ``seconds``; or ``{"reason": ...}`` where nothing was done."""
