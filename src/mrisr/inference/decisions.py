@@ -417,12 +417,12 @@ def decide_reference_transfer(requested, two_d_with_reference: bool,
     (:mod:`mrisr.inference.reference_transfer`): ``choice`` is the weight as text (``"0.6"``)
     or ``"none"``. It needs a 2D model run with a reference and the ``kspace`` projection (an
     in-plane job) or the ``slice_box`` one (thick slices): the fit is made on what the input
-    measured. ``auto`` (the
-    default) uses :func:`~mrisr.inference.reference_transfer.auto_weight`: for an in-plane
-    job it grows with the ``factor`` (0.4 at x2 to 0.8 at x8), for thick slices it is 0.3;
-    measured on the whole-volume cross-dataset sets,
-    other contrast pairs, anatomy and a degradation no model trained on included
-    (docs/benchmarks/cross_dataset.md, "Detail from the reference by a local linear fit")."""
+    measured. ``auto`` (the default) uses
+    :func:`~mrisr.inference.reference_transfer.auto_weight`: for an in-plane job it grows with
+    the ``factor`` (0.4 at x2 to 0.8 at x8), for thick slices it is 0.3; measured on the
+    whole-volume cross-dataset sets, other contrast pairs, anatomy and a degradation no model
+    trained on included (docs/benchmarks/cross_dataset.md, "Detail from the reference by a
+    local linear fit")."""
     from mrisr.inference.reference_transfer import auto_weight
 
     weight = reference_transfer_weight(requested)

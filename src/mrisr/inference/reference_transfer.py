@@ -19,9 +19,9 @@ Measured on whole volumes as ``mrisr upscale`` runs them (docs/benchmarks/cross_
 "Detail from the reference by a local linear fit"), with :func:`auto_weight`.
 
 Shapes: ``data`` ``(X, Y, Z)`` on the output grid, ``target`` the input volume with the same
-slices along ``slice_axis`` and fewer pixels along the upscaled axes, ``reference`` on any in-plane grid with
-the input's slices (:func:`~mrisr.inference.upscale.reference_grid`); intensities in the
-input's units.
+slices along ``slice_axis`` and fewer pixels along the upscaled axes, ``reference`` on any
+in-plane grid with the input's slices (:func:`~mrisr.inference.upscale.reference_grid`);
+intensities in the input's units.
 """
 from __future__ import annotations
 
@@ -60,10 +60,9 @@ def auto_weight(factor: float, consistency: str = "kspace") -> float:
     return round(float(np.clip(0.2 + 0.2 * np.log2(max(factor, 1.0)), 0.2, 0.8)), 3)
 
 
-#: The window's side in input pixels: twice the in-plane factor in output pixels (made odd).
+#: The window's side in input pixels: twice the factor in output pixels, made odd (3 pixels
+#: along an axis that is not upscaled, such as the in-plane axis of a thick-slice plane).
 WINDOW_INPUT_PIXELS = 2.0
-#: The window's side along the axis of a thick-slice plane that is not upscaled.
-THICK_IN_PLANE_WINDOW = 3
 #: Added to each window's reference variance, relative to the reference's mean square: a flat
 #: reference (background, noise only) gets a slope near 0 rather than a noisy one.
 REGULARISATION = 1e-3
@@ -156,8 +155,7 @@ def transfer_reference_detail(data: np.ndarray, target: np.ndarray, reference: n
         return {"reason": "the reference is no finer than the input"}
     t0 = time.perf_counter()
     acquisition = _Acquisition(consistency, out_plane, in_plane)
-    window = _window(factors) if consistency == "kspace" else \
-        [_window([f])[0] if f > 1 else THICK_IN_PLANE_WINDOW for f in factors]
+    window = _window(factors)
     eps = REGULARISATION * float(np.mean(np.square(reference, dtype=np.float64)))
     confidence_sum, signal_voxels = 0.0, 0
     for k in range(data.shape[axis]):

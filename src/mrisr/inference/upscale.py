@@ -336,13 +336,13 @@ def upscale(target: Volume, reference: Optional[Volume] = None, *, scale=None, v
 
     ``reference_transfer``: move a 2D model's output (in-plane or thick-slice jobs) towards the
     reference's detail where a local linear fit on what the input measured says the two
-    contrasts match
-    (:mod:`mrisr.inference.reference_transfer`), then project again: ``auto`` (the default:
-    :func:`~mrisr.inference.decisions.decide_reference_transfer`), ``on``, ``off`` or a weight
-    in [0, 1]; recorded in ``info["reference_transfer"]``.
+    contrasts match (:mod:`mrisr.inference.reference_transfer`), then project again: ``auto``
+    (the default: :func:`~mrisr.inference.decisions.decide_reference_transfer`), ``on``,
+    ``off`` or a weight in [0, 1]; recorded in ``info["reference_transfer"]``.
 
     Every decision taken (model, registration, adaptation, calibration, projection, reference
-    transfer) is recorded with its evidence in ``info["decisions"]`` (:mod:`mrisr.inference.decisions`).
+    transfer) is recorded with its evidence in ``info["decisions"]``
+    (:mod:`mrisr.inference.decisions`).
     """
     from mrisr.devices import select_device
     from mrisr.resample import resample_to_grid
