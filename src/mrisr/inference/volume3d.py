@@ -116,7 +116,7 @@ class VolumeUpscaler:
     """Applies a 3D model to whole volumes (see the module docstring).
 
     Args:
-        model: a 3D model (``dims == 3``: CSR-dMRI, ArSSR, their ablations).
+        model: a 3D model (``dims == 3``: CSR-dMRI, ArSSR, their ablations, spline_refiner).
         device: where the model runs.
         tile: encoder tile (LR voxels per axis, see :func:`encode_tiled`); ``None``: whole.
         chunk: output points per decoder call.
@@ -144,7 +144,8 @@ class VolumeUpscaler:
     def _encoder_runner(self, t1: Optional[np.ndarray]):
         """The ``apply`` of :meth:`CSRdMRI.encode`: tiled encoders, the T1w encoder's result
         reused while the same ``t1`` array is passed."""
-        t1_encoder = self.model.t1_encoder  # None unless the T1w has its own encoder
+        # None unless the T1w has its own encoder
+        t1_encoder = getattr(self.model, "t1_encoder", None)
 
         def run(encoder: nn.Module, x: torch.Tensor) -> torch.Tensor:
             if encoder is not t1_encoder:
@@ -191,6 +192,13 @@ class VolumeUpscaler:
         with autocast(self.device, self.precision):
             features = self.model.encode(x.to(self.device), ref,
                                          apply=self._encoder_runner(t1))
+            if getattr(self.model, "grid_output", False):
+                # A model on the output grid (spline_refiner) decodes it whole, in its slabs.
+                values = self.model.decode_grid(features, out_shape, progress)
+                result[...] = values[0, 0].float().cpu().numpy()
+                if self.level_norm:
+                    result *= np.float32(level)
+                return result
             t1_shape = features.t1.shape[2:] if features.t1 is not None else None
             for start, stop, query in iter_grid_queries(lr.shape, out_shape, self.chunk,
                                                         t1_shape, self.device):

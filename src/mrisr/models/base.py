@@ -15,6 +15,8 @@ attributes declared here instead of probing the model:
 ``decoder_radius``     output voxels an output voxel depends on (0: pointwise decoder)
 ``has_global_pooling`` the decoder pools over the whole output grid (tiling must pass the
                        pooled statistics of the whole grid)
+``grid_output``        the model decodes whole output grids (``decode_grid``), not point sets
+                       (``spline_refiner``); ``forward`` then takes the output shape
 ``layerwise``          the decoder is exposed layer by layer (:meth:`SRModel.decode_begin`,
                        :attr:`SRModel.decoder_layers`, :meth:`SRModel.decode_step`,
                        :meth:`SRModel.decode_end`) for band-wise decoding with bounded memory
@@ -79,6 +81,7 @@ class SRModel(nn.Module, metaclass=ABCMeta):
     encoder_radius: int = 0
     decoder_radius: int = 0
     has_global_pooling: bool = False
+    grid_output: bool = False
     layerwise: bool = False
     #: output voxels one decoder layer reaches (layerwise decoders)
     decoder_layer_radius: int = 0

@@ -24,7 +24,7 @@ from torch import nn
 
 from mrisr.devices import select_device
 from mrisr.errors import ConfigError, InputError, MrisrError
-from mrisr.models import csr_dmri, dual_arbnet, liif  # noqa: F401  (register the architectures)
+from mrisr.models import csr_dmri, dual_arbnet, liif, spline_refiner  # noqa: F401  (registers)
 from mrisr.models import registry
 from mrisr.models.base import ReferenceUse, SRModel
 from mrisr.models.checkpoint import check_state_dict, read_checkpoint

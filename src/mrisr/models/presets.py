@@ -82,5 +82,8 @@ for preset in (
     Preset("csr_dmri_s_own", "csr_dmri",
            {**_COMPACT_CSR, "t1_mode": "own_resolution", "t1_encoder": _COMPACT_T1_ENCODER},
            "csr_dmri_s with the T1w encoded on its own grid by a second, lighter RDN"),
+    Preset("dwi_refiner_s", "spline_refiner", {"width": 32, "depth": 8},
+           "cubic B-spline interpolation plus an 8-layer residual CNN on the output grid "
+           "(no T1w): the 4D default across scanners"),
 ):
     register_preset(preset)

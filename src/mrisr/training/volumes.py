@@ -452,7 +452,10 @@ class VolumePatchTask:
         over each direction group and ``tensor_weight *``
         :func:`~mrisr.training.losses.tensor_loss` over each one-shell group; with
         ``loss_region: brain`` only the brain voxels' errors count."""
-        pred = model(batch["lr"], batch.get("ref"), self.query(batch))
+        # A model on the output grid (spline_refiner) takes the HR patch's shape, not points.
+        net = getattr(model, "module", model)  # DDP wraps the model
+        query = batch["hr_shape"] if getattr(net, "grid_output", False) else self.query(batch)
+        pred = model(batch["lr"], batch.get("ref"), query)
         target = batch["hr"]
         pred = pred.reshape(target.shape)
         inside = batch.get("brain")
