@@ -99,3 +99,36 @@ def test_a_series_upscaled_with_the_refiner_is_cubic_plus_its_correction(tmp_pat
     for v in (0, 4):
         cubic = np.maximum(spline_resize(lr[..., v], (24, 28, 20), order=3), 0)
         np.testing.assert_allclose(sr[..., v], cubic, rtol=1e-4, atol=1e-2)
+
+
+def test_a_leaky_refiner_keeps_a_gradient_below_zero_and_starts_as_cubic():
+    model = refiner(negative_slope=0.1)
+    assert isinstance(model.body[1], torch.nn.LeakyReLU)
+    assert isinstance(refiner().body[1], torch.nn.ReLU)  # checkpoints without the argument
+    lr = torch.rand(1, 1, 6, 7, 5)
+    with torch.no_grad():
+        out = model(lr, None, (12, 14, 10))
+    np.testing.assert_allclose(out[0, 0].numpy(), spline_resize(lr[0, 0].numpy(), (12, 14, 10)),
+                               rtol=1e-5, atol=1e-6)
+
+
+def test_the_refiner_configs_parse():
+    from pathlib import Path
+
+    from mrisr.config import from_dict, load_yaml
+    from mrisr.evaluation.dmri import DmriEvaluateConfig
+    from mrisr.training import load_train_config
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    folds = load_train_config(configs / "train_dwi_refiner_heldout.yaml")
+    clean = load_train_config(configs / "train_dwi_refiner_heldout_clean.yaml")
+    everything = load_train_config(configs / "train_dwi_refiner_s.yaml")
+    assert folds.model.name == clean.model.name == everything.model.name == "dwi_refiner_s"
+    assert clean.model.args == {"negative_slope": 0.1} and not folds.model.args
+    assert clean.dmri.noise_fraction == 0 and folds.dmri.noise_fraction == 0.3
+    assert everything.dmri.holdout is None and everything.total_steps == folds.total_steps
+    assert folds.loss.pixel_norm == "l2" and folds.dmri.frequency_weight == 0
+    for fold in ("A", "B"):
+        for name in (f"refiner_{fold}_full", f"refiner_clean_{fold}_fa"):
+            cfg = from_dict(DmriEvaluateConfig, load_yaml(configs / f"eval_dmri_{name}.yaml"))
+            assert cfg.methods[0].name == "cubic" and len(cfg.dmri.holdout.split(",")) == 3

@@ -1,16 +1,15 @@
 """A residual 3D CNN on the output grid over cubic B-spline interpolation (``spline_refiner``).
 
-Why a model that is not an implicit function: on diffusion series of scanners it never saw, the
-best linear 3D filter after cubic interpolation gains almost nothing over it (cubic is close to
-linear-optimal for this degradation), so what a model adds is a non-linear prior on edges; a
-small convolutional network on the output grid learns one in a CPU budget, while the compact
-implicit decoders, trained as long, gained less and lost on some scanners
-(docs/BENCHMARKS.md, "A refiner on the output grid").
+Why a model that is not an implicit function: it keeps the baseline a diffusion series is
+judged against (cubic interpolation) as its output's bulk and learns only a non-linear
+correction, on the output grid, where every scale looks alike to a small CNN that a CPU can
+train in an hour (docs/benchmarks/dmri.md, "A refiner on the output grid", for what it gained
+on scanners it never saw).
 
 The LR volume ``(B, 1, x, y, z)`` is resampled to the output grid by the cubic B-spline
 (:func:`~mrisr.models.query.bspline_resize`, what the ``cubic`` baseline computes), stacked with
 one constant channel per axis holding ``log2`` of that axis' upscaling factor (``use_scale``),
-and a stack of ``depth`` 3x3x3 convolutions (``width`` channels, ReLU) adds a correction. The
+and a stack of ``depth`` 3x3x3 convolutions (``width`` channels, (leaky) ReLU) adds a correction. The
 last convolution starts at zero, so an untrained model is exactly cubic interpolation. It
 decodes whole output grids, not point sets (``grid_output``), in slabs along the first axis with
 a halo of ``depth`` planes, so memory is bounded and the slabs equal the whole-grid result.
@@ -39,6 +38,10 @@ class SplineRefiner(SRModel):
         width: channels of the hidden convolutions.
         depth: 3x3x3 convolutions (>= 2); also the halo, in output voxels, of slab decoding.
         use_scale: give the network the per-axis upscaling factors as input channels.
+        negative_slope: slope of the activations below zero (0: ReLU). A plain ReLU stack can
+            die in training (every unit of a layer negative, the correction then constant):
+            fold B of configs/train_dwi_refiner_heldout.yaml did; a leaky slope keeps a
+            gradient.
         level_norm: the input is divided by its attenuation level (as the other 3D models).
         slab_voxels: output voxels per slab when decoding (bounds the activations' memory:
             ``width`` float32 channels of that many voxels, twice).
@@ -49,7 +52,8 @@ class SplineRefiner(SRModel):
     reference_use = ReferenceUse.NONE
 
     def __init__(self, width: int = 32, depth: int = 5, use_scale: bool = True,
-                 level_norm: bool = True, slab_voxels: int = 2 ** 21):
+                 level_norm: bool = True, slab_voxels: int = 2 ** 21,
+                 negative_slope: float = 0.0):
         super().__init__()
         if depth < 2 or width < 1:
             raise ValueError(f"depth must be >= 2 and width >= 1, got {depth}, {width}")
@@ -58,9 +62,13 @@ class SplineRefiner(SRModel):
         self.slab_voxels = int(slab_voxels)
         self.decoder_radius = int(depth)
         inputs = 1 + (3 if use_scale else 0)
-        layers: list[nn.Module] = [nn.Conv3d(inputs, width, 3, padding=1), nn.ReLU(inplace=True)]
+        def activation() -> nn.Module:
+            return nn.LeakyReLU(negative_slope, inplace=True) if negative_slope else \
+                nn.ReLU(inplace=True)
+
+        layers: list[nn.Module] = [nn.Conv3d(inputs, width, 3, padding=1), activation()]
         for _ in range(depth - 2):
-            layers += [nn.Conv3d(width, width, 3, padding=1), nn.ReLU(inplace=True)]
+            layers += [nn.Conv3d(width, width, 3, padding=1), activation()]
         last = nn.Conv3d(width, 1, 3, padding=1)
         nn.init.zeros_(last.weight)
         nn.init.zeros_(last.bias)
