@@ -62,6 +62,7 @@ class SplineRefiner(SRModel):
         self.slab_voxels = int(slab_voxels)
         self.decoder_radius = int(depth)
         inputs = 1 + (3 if use_scale else 0)
+
         def activation() -> nn.Module:
             return nn.LeakyReLU(negative_slope, inplace=True) if negative_slope else \
                 nn.ReLU(inplace=True)
@@ -102,8 +103,8 @@ class SplineRefiner(SRModel):
         by each slab."""
         lr = features.dwi.float()
         out_shape = tuple(int(n) for n in out_shape)
-        # In float32 even under bfloat16 autocast: the interpolation is the output's bulk, and
-        # bfloat16 rounding (1/256) would cost more than the correction gains.
+        # In float32 even under bfloat16 autocast: the interpolation is the output's bulk and
+        # must be the cubic baseline itself, which bfloat16's 8-bit mantissa would round.
         with torch.autocast(lr.device.type, enabled=False):
             cubic = bspline_resize(lr, out_shape)
         scales = self._scale_channels(lr.shape[2:], out_shape, cubic[:, :1, :1, :1, :1]) \
