@@ -23,7 +23,9 @@ def main(argv=None) -> int:
     x = torch.rand(1, 1, 24, 24, 24) * 2
     for path in args.checkpoints:
         model = load_checkpoint(path).model.eval()
-        h = torch.cat([x, torch.ones(1, 3, 24, 24, 24)], 1) if model.use_scale else x
+        # The input the network reads at x2: the volume and, with use_scale, its scale channels.
+        h = torch.cat([x, model._scale_channels((12,) * 3, (24,) * 3, x)], 1) \
+            if model.use_scale else x
         counts = []
         with torch.no_grad():
             for layer in model.body:

@@ -9,10 +9,11 @@ on scanners it never saw).
 The LR volume ``(B, 1, x, y, z)`` is resampled to the output grid by the cubic B-spline
 (:func:`~mrisr.models.query.bspline_resize`, what the ``cubic`` baseline computes), stacked with
 one constant channel per axis holding ``log2`` of that axis' upscaling factor (``use_scale``),
-and a stack of ``depth`` 3x3x3 convolutions (``width`` channels, (leaky) ReLU) adds a correction. The
-last convolution starts at zero, so an untrained model is exactly cubic interpolation. It
-decodes whole output grids, not point sets (``grid_output``), in slabs along the first axis with
-a halo of ``depth`` planes, so memory is bounded and the slabs equal the whole-grid result.
+and a stack of ``depth`` 3x3x3 convolutions (``width`` channels, (leaky) ReLU) adds a
+correction. The last convolution starts at zero, so an untrained model is exactly cubic
+interpolation. It decodes whole output grids, not point sets (``grid_output``), in slabs along
+the first axis with a halo of ``depth`` planes, so memory is bounded and the slabs equal the
+whole-grid result.
 """
 from __future__ import annotations
 
